@@ -1,0 +1,144 @@
+"""The `producer` command: ingest, status, search, retry.
+
+Settings are read once here. torch is imported only by commands that embed in this process
+(`ingest` without a broker, `search`).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from workers.access import AccessLevel
+from workers.errors import FleetError
+from workers.settings import FleetSettings
+
+log = logging.getLogger("producer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = FleetSettings()
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        for noisy in ("httpx", "huggingface_hub", "sentence_transformers", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return args.run(args, settings)
+    except FleetError as err:
+        print(f"producer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"producer {args.command}: interrupted; run it again to carry on", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="producer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="chunk documents under PATH and embed them")
+    ingest.add_argument("path", type=Path, help="folder (or file) of .md, .markdown, .txt documents")
+    ingest.add_argument("--level", type=_level, help="access level of files without one in their front matter")
+    ingest.add_argument("--wait", action="store_true", help="with a broker: block until the work is embedded")
+    _add_json(ingest, _run_ingest)
+
+    status = commands.add_parser("status", help="documents, chunks and embedding progress of the live index")
+    _add_json(status, _run_status)
+
+    search = commands.add_parser("search", help="search the live index as an access level")
+    search.add_argument("query")
+    search.add_argument("--level", type=_level, required=True, help=f"reader's level: {', '.join(AccessLevel.names())}")
+    search.add_argument("--top-k", type=int, default=5)
+    _add_json(search, _run_search)
+
+    retry = commands.add_parser("retry", help="embed again the chunks recorded as failed")
+    retry.add_argument("--pending", action="store_true", help="also re-send chunks still pending (lost tasks)")
+    _add_json(retry, _run_retry)
+    return parser
+
+
+def _add_json(parser: argparse.ArgumentParser, run: Callable) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def _level(value: str) -> AccessLevel:
+    try:
+        return AccessLevel.parse(value)
+    except FleetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _print(args: argparse.Namespace, payload: object, human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        human()
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import commands
+
+    report = commands.ingest(settings, args.path, args.level, wait=args.wait)
+    _print(args, report.to_dict(), lambda: _print_ingest(report))
+    return 0
+
+
+def _print_ingest(report) -> None:
+    print(
+        f"{report.files_seen} files: {report.documents_new} new, {report.documents_changed} changed, "
+        f"{report.documents_unchanged} unchanged, {report.documents_rejected} refused; "
+        f"{report.chunks_enqueued} chunks to embed, {report.chunks_removed} removed"
+    )
+    for rejection in report.rejected:
+        print(f"  refused {rejection.path}: {rejection.reason}")
+
+
+def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import commands
+
+    status = commands.status(settings)
+    _print(args, status, lambda: _print_status(status))
+    return 0
+
+
+def _print_status(status: dict) -> None:
+    index = status["index"]
+    print(f"index: {index['name']} ({index['model']}, {index['dim']} dims)" if index else "index: none yet")
+    print(
+        f"documents {status['documents']}, chunks {status['chunks']}: embedded {status['embedded']}, "
+        f"pending {status['pending']}, failed {status['failed']}"
+    )
+
+
+def _run_search(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import commands
+
+    hits = commands.search(settings, args.query, args.level, args.top_k)
+    _print(args, [hit.to_dict() for hit in hits], lambda: _print_hits(hits))
+    return 0
+
+
+def _print_hits(hits) -> None:
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())[:160]
+        print(f"{rank}. {hit.score:.3f}  {hit.source_path}  [{hit.access_level}]\n   {snippet}")
+
+
+def _run_retry(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import commands
+
+    sent = commands.retry(settings, include_pending=args.pending)
+    _print(args, {"chunks_enqueued": sent}, lambda: print(f"{sent} chunks sent to embed again"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

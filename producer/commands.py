@@ -1,0 +1,71 @@
+"""The producer's commands wired to their stores: one function per command, no printing."""
+
+from contextlib import closing
+from pathlib import Path
+
+from producer import ingest as ingesting
+from producer import search as searching
+from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, make_tasks
+from workers.access import AccessLevel
+from workers.embedding import load_encoder, resolve_model
+from workers.errors import InvalidInput
+from workers.settings import FleetSettings
+from workers.stores import catalog, milvus, postgres, progress
+
+
+def _dispatcher(settings: FleetSettings) -> Dispatcher:
+    return CeleryDispatcher(settings) if settings.uses_broker else InProcessDispatcher(settings)
+
+
+def ingest(settings: FleetSettings, path: Path, level: AccessLevel | None, wait: bool) -> ingesting.IngestReport:
+    info = resolve_model(settings.model)
+    with closing(postgres.connect(settings)) as conn:
+        client = milvus.connect(settings)
+        dispatcher = _dispatcher(settings)
+        report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher)
+        if wait or not settings.uses_broker:
+            dispatcher.wait(conn, catalog.active_versions(conn))
+        return report
+
+
+def status(settings: FleetSettings) -> dict:
+    with closing(postgres.connect(settings)) as conn:
+        documents, chunks = conn.execute(
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
+        ).fetchone()
+        live = catalog.live_version(conn)
+        counts = progress.progress(conn, live.id) if live else progress.Progress(0, 0, 0)
+    return {
+        "documents": documents,
+        "chunks": chunks,
+        "embedded": counts.embedded,
+        "pending": counts.pending,
+        "failed": counts.failed,
+        "index": {"name": live.collection, "model": live.model, "dim": live.dim} if live else None,
+    }
+
+
+def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) -> list[searching.SearchHit]:
+    with closing(postgres.connect(settings)) as conn:
+        live = catalog.live_version(conn)
+        if live is None:
+            raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")
+        encoder = load_encoder(live.model, settings.device)
+        return searching.search(conn, milvus.connect(settings), encoder, live, query, level, top_k)
+
+
+def retry(settings: FleetSettings, include_pending: bool) -> int:
+    """Send failed (and, if asked, pending) chunks of the active versions to be embedded again."""
+    with closing(postgres.connect(settings)) as conn:
+        dispatcher = _dispatcher(settings)
+        versions = catalog.active_versions(conn)
+        sent = 0
+        for version in versions:
+            chunk_ids = progress.retry_failed(conn, version.id)
+            if include_pending or not settings.uses_broker:
+                chunk_ids = progress.pending_chunk_ids(conn, version.id)
+            dispatcher.send(make_tasks(version.id, chunk_ids, settings.task_chunks))
+            sent += len(chunk_ids)
+        if not settings.uses_broker:
+            dispatcher.wait(conn, versions)
+        return sent

@@ -1,0 +1,112 @@
+"""`producer ingest`: walk, read, chunk, register in Postgres, enqueue what is new.
+
+With a broker, tasks are sent as each document is registered so workers start at once; in
+process (no broker), everything pending — this run's chunks and any left by an interrupted
+run — is embedded before returning.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from pymilvus import MilvusClient
+
+from producer.chunking import ChunkLimits, chunk_text
+from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks
+from producer.documents import Rejection, find_files, read_document
+from producer.index import ensure_live_version
+from producer.registry import register
+from workers.access import AccessLevel
+from workers.embedding.model_info import ModelInfo
+from workers.embedding.tokenizer import load_token_counter
+from workers.errors import InvalidInput
+from workers.settings import FleetSettings
+from workers.stores import catalog, milvus, progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    files_seen: int = 0
+    documents_new: int = 0
+    documents_changed: int = 0
+    documents_unchanged: int = 0
+    documents_rejected: int = 0
+    chunks_enqueued: int = 0
+    chunks_removed: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> None:
+        if status == "new":
+            self.documents_new += 1
+        elif status == "changed":
+            self.documents_changed += 1
+        else:
+            self.documents_unchanged += 1
+
+    def to_dict(self) -> dict:
+        fields = {key: value for key, value in vars(self).items() if key not in ("rejected", "warnings")}
+        return {**fields, "rejected": [r.to_dict() for r in self.rejected], "warnings": self.warnings}
+
+
+def chunk_limits(settings: FleetSettings, info: ModelInfo) -> tuple[ChunkLimits, str | None]:
+    """The configured bounds, shrunk to the model's sequence limit (with a warning) when it reads less."""
+    max_tokens = min(settings.chunk_max_tokens, info.max_seq_length)
+    min_tokens = min(settings.chunk_min_tokens, max_tokens // 2)
+    warning = None
+    if info.max_seq_length < settings.chunk_max_tokens:
+        warning = (
+            f"model {info.name} reads at most {info.max_seq_length} tokens: chunks are limited to "
+            f"{max_tokens} tokens instead of {settings.chunk_max_tokens}"
+        )
+    return ChunkLimits(min_tokens, max_tokens), warning
+
+
+def ingest(
+    root: Path,
+    default_level: AccessLevel | None,
+    settings: FleetSettings,
+    conn: psycopg.Connection,
+    client: MilvusClient,
+    info: ModelInfo,
+    dispatcher: Dispatcher,
+) -> IngestReport:
+    if not root.exists():
+        raise InvalidInput(f"{root} does not exist: give a folder or file of .md, .markdown or .txt documents")
+    report = IngestReport()
+    counter = load_token_counter(info)
+    limits, warning = chunk_limits(settings, info)
+    if warning:
+        log.warning(warning)
+        report.warnings.append(warning)
+    ensure_live_version(conn, client, settings, info)
+    versions = catalog.active_versions(conn)
+    in_process = isinstance(dispatcher, InProcessDispatcher)
+    for path in find_files(root):
+        report.files_seen += 1
+        document = read_document(path, root, default_level)
+        if isinstance(document, Rejection):
+            log.warning("refused %s: %s", document.path, document.reason)
+            report.documents_rejected += 1
+            report.rejected.append(document)
+            continue
+        chunks = chunk_text(document.body, counter, limits)
+        registration = register(conn, document, chunks, [version.id for version in versions])
+        report.count(registration.status)
+        report.chunks_removed += len(registration.removed)
+        for version in versions:
+            if registration.removed:
+                milvus.delete(client, version.collection, registration.removed)
+            if registration.added and not in_process:
+                dispatcher.send(make_tasks(version.id, registration.added, settings.task_chunks))
+        if not in_process:
+            report.chunks_enqueued += len(registration.added) * len(versions)
+    if in_process:
+        for version in versions:
+            pending = progress.pending_chunk_ids(conn, version.id)
+            dispatcher.send(make_tasks(version.id, pending, settings.task_chunks))
+            report.chunks_enqueued += len(pending)
+    return report

@@ -1,0 +1,18 @@
+"""Names shared by the producer and the workers, kept in one place."""
+
+# Milvus alias through which search reaches the live index version.
+LIVE_ALIAS = "chunks"
+# Prefix of the per-version Milvus collections: chunks_v1, chunks_v2, ...
+COLLECTION_PREFIX = "chunks_v"
+
+# Celery
+EMBED_TASK = "fleet.embed"
+EMBED_QUEUE = "embed"
+
+# Index version states (see migrations/0001_initial.sql)
+STATE_BUILDING = "building"
+STATE_LIVE = "live"
+STATE_RETIRED = "retired"
+
+# Milvus keeps upserts well under its 64 MB RPC cap at this many 1024-d rows.
+MILVUS_UPSERT_ROWS = 2000

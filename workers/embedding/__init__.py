@@ -1,0 +1,22 @@
+"""Encoders behind one interface: sentence-transformers for real models, a fake for tests.
+
+`load_encoder` imports torch only when a real model is asked for.
+"""
+
+from workers.embedding.base import Encoder
+from workers.embedding.model_info import ModelInfo, resolve_model
+
+
+def load_encoder(model: str, device: str = "auto") -> Encoder:
+    """The encoder for `model` (hub id, local directory, or `fake[:DIM]`)."""
+    info = resolve_model(model)
+    if info.is_fake:
+        from workers.embedding.fake import FakeEncoder
+
+        return FakeEncoder(info)
+    from workers.embedding.sentence_transformer import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder(info, device=device)
+
+
+__all__ = ["Encoder", "ModelInfo", "load_encoder", "resolve_model"]

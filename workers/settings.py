@@ -1,0 +1,48 @@
+"""The one settings object, read from `FLEET_*` environment variables and `.env`.
+
+Built once at an entry point (CLI, Celery app) and passed down; no other module reads the
+environment.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+
+
+class FleetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".fleet"), description="Where the embedded services keep their files.")
+    database_url: SecretStr | None = Field(None, description="Postgres URL; unset: embedded Postgres.")
+    broker_url: SecretStr | None = Field(None, description="Celery broker URL; unset: run tasks in-process.")
+    milvus_uri: str | None = Field(None, description="Milvus URL; unset: Milvus Lite file in the data dir.")
+    milvus_token: SecretStr | None = Field(None, description="Milvus token (user:password) for a server.")
+
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local sentence-transformers directory.")
+    embed_dim: int | None = Field(None, ge=1, description="Vector size; unset: the model's own.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded).")
+
+    chunk_min_tokens: int = Field(500, ge=1)
+    chunk_max_tokens: int = Field(1000, ge=16)
+    task_chunks: int = Field(16, ge=1, description="Chunks carried by one embed task.")
+    worker_concurrency: int = Field(8, ge=1, description="Tasks a worker holds at once to fill batches.")
+    collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
+    max_attempts: int = Field(5, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def embedded_milvus_path(self) -> Path:
+        return self.data_dir / "milvus.db"
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def uses_broker(self) -> bool:
+        return self.broker_url is not None

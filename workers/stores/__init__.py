@@ -1,0 +1,1 @@
+"""The two stores: Postgres (the truth) and Milvus (vectors, rebuildable from Postgres)."""

@@ -1,0 +1,50 @@
+"""Index versions: which model and dimension each Milvus collection holds, and which is live."""
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import class_row
+
+from workers.constants import COLLECTION_PREFIX, STATE_BUILDING, STATE_LIVE
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    id: int
+    model: str
+    dim: int
+    collection: str
+    state: str
+
+
+_COLUMNS = "id, model, dim, collection, state"
+
+
+def live_version(conn: psycopg.Connection) -> IndexVersion | None:
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM index_versions WHERE state = %s", (STATE_LIVE,)).fetchone()
+
+
+def get_version(conn: psycopg.Connection, version_id: int) -> IndexVersion | None:
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM index_versions WHERE id = %s", (version_id,)).fetchone()
+
+
+def active_versions(conn: psycopg.Connection) -> list[IndexVersion]:
+    """The versions new chunks must be written to: the live one and any being built."""
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM index_versions WHERE state IN (%s, %s) ORDER BY id",
+            (STATE_LIVE, STATE_BUILDING),
+        ).fetchall()
+
+
+def create_version(conn: psycopg.Connection, model: str, dim: int, state: str) -> IndexVersion:
+    """Register a version; its collection is named after its id (`chunks_v7`)."""
+    with conn.transaction(), conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        (version_id,) = conn.execute("SELECT nextval('index_versions_id_seq')").fetchone()
+        return cur.execute(
+            f"INSERT INTO index_versions (id, model, dim, collection, state, activated_at)"
+            f" VALUES (%s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
+            (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, state),
+        ).fetchone()

@@ -1,0 +1,122 @@
+"""Milvus: one collection per index version, the alias `chunks` on the live one.
+
+Rows are keyed by our deterministic chunk id (auto_id off: milvus#50355 re-inserts upserts
+under new keys otherwise), so a task delivered twice writes the same rows.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from workers.access import AccessLevel
+from workers.constants import LIVE_ALIAS, MILVUS_UPSERT_ROWS
+from workers.errors import ServiceUnavailable
+from workers.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+CHUNK_ID_MAX_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    chunk_id: str
+    document_id: int
+    access_level: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    score: float
+
+
+def connect(settings: FleetSettings) -> MilvusClient:
+    """A client for FLEET_MILVUS_URI, or for the Milvus Lite file under the data dir."""
+    if settings.milvus_uri:
+        uri = settings.milvus_uri
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        uri = str(settings.embedded_milvus_path.resolve())
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    try:
+        return MilvusClient(uri=uri, token=token)
+    except MilvusException as err:
+        hint = (
+            "another process may hold the Milvus Lite file: run `python -m milvus_lite server` and set FLEET_MILVUS_URI"
+            if not settings.milvus_uri
+            else "check FLEET_MILVUS_URI and that the server is up"
+        )
+        raise ServiceUnavailable(f"cannot open Milvus at {uri} ({err.message}); {hint}") from err
+
+
+def ensure_collection(client: MilvusClient, name: str, dim: int) -> None:
+    """Create the collection of an index version if it does not exist yet."""
+    if client.has_collection(name):
+        return
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=CHUNK_ID_MAX_LENGTH)
+    schema.add_field("document_id", DataType.INT64)
+    schema.add_field("access_level", DataType.INT8)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="AUTOINDEX", metric_type="IP")
+    index.add_index("access_level", index_type="INVERTED")
+    # Strong consistency: a search right after an upsert sees it, without a flush per insert.
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    log.info("created Milvus collection %s (dim %d)", name, dim)
+
+
+def point_live_alias(client: MilvusClient, collection: str) -> None:
+    """Point the alias `chunks` at `collection` (one atomic switch when it already exists)."""
+    aliases = client.list_aliases().get("aliases", [])
+    if LIVE_ALIAS in aliases:
+        if client.describe_alias(LIVE_ALIAS).get("collection_name") != collection:
+            client.alter_alias(collection_name=collection, alias=LIVE_ALIAS)
+    else:
+        client.create_alias(collection_name=collection, alias=LIVE_ALIAS)
+
+
+def upsert(client: MilvusClient, collection: str, rows: list[VectorRow]) -> None:
+    for start in range(0, len(rows), MILVUS_UPSERT_ROWS):
+        batch = rows[start : start + MILVUS_UPSERT_ROWS]
+        client.upsert(
+            collection,
+            [
+                {
+                    "chunk_id": row.chunk_id,
+                    "document_id": row.document_id,
+                    "access_level": row.access_level,
+                    "vector": row.vector.tolist(),
+                }
+                for row in batch
+            ],
+        )
+
+
+def delete(client: MilvusClient, collection: str, chunk_ids: list[str]) -> None:
+    """Remove rows by primary key (pymilvus quotes the ids; no filter string of ours)."""
+    for start in range(0, len(chunk_ids), MILVUS_UPSERT_ROWS):
+        client.delete(collection, ids=chunk_ids[start : start + MILVUS_UPSERT_ROWS])
+
+
+def count(client: MilvusClient, collection: str) -> int:
+    result = client.query(collection, filter="", output_fields=["count(*)"])
+    return int(result[0]["count(*)"])
+
+
+def search(client: MilvusClient, vector: np.ndarray, level: AccessLevel, top_k: int) -> list[Hit]:
+    """Nearest chunks through the live alias, filtered inside Milvus to levels <= `level`."""
+    # The filter is built from a validated enum's integer: no user text reaches it.
+    results = client.search(
+        LIVE_ALIAS,
+        data=[vector.tolist()],
+        limit=top_k,
+        filter=f"access_level <= {int(level)}",
+        output_fields=["access_level"],
+        search_params={"metric_type": "IP"},
+    )
+    return [Hit(chunk_id=hit["chunk_id"], score=float(hit["distance"])) for hit in results[0]]

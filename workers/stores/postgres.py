@@ -1,0 +1,53 @@
+"""Postgres connections: a server from FLEET_DATABASE_URL, or an embedded one under the data dir."""
+
+import logging
+from functools import cache
+from pathlib import Path
+
+import psycopg
+
+from migrations import runner
+from workers.errors import ServiceUnavailable
+from workers.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+
+def database_url(settings: FleetSettings) -> str:
+    """The configured server's URL, or that of the embedded server, started on first use."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return _embedded_server(settings.embedded_postgres_dir.resolve())
+
+
+@cache
+def _embedded_server(pgdata: Path) -> str:
+    # Imported here: a fleet deployment never needs the embedded server.
+    import pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded Postgres in %s", pgdata)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    _keep_alive.append(server)  # the server stops when its last handle is collected
+    return server.get_uri()
+
+
+_keep_alive: list = []
+
+
+def connect(settings: FleetSettings, *, migrate: bool | None = None) -> psycopg.Connection:
+    """An autocommit connection; transactions are explicit (`with conn.transaction()`).
+
+    The embedded database is migrated on connect; a server's schema is `migrate db`'s job unless
+    `migrate=True`.
+    """
+    url = database_url(settings)
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as err:
+        raise ServiceUnavailable(
+            f"cannot reach Postgres ({err}); check FLEET_DATABASE_URL or start the server"
+        ) from err
+    if migrate if migrate is not None else settings.database_url is None:
+        runner.apply(conn)
+    return conn

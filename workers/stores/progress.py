@@ -1,0 +1,104 @@
+"""Embedding progress in Postgres: claim pending chunks, mark them embedded, record failures."""
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import class_row
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    id: str
+    document_id: int
+    access_level: int
+    text: str
+    token_count: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    embedded: int
+    pending: int
+    failed: int
+
+    @property
+    def total(self) -> int:
+        return self.embedded + self.pending + self.failed
+
+
+def claim(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> list[PendingChunk]:
+    """The chunks among `chunk_ids` still to embed for the version, each with one more attempt counted.
+
+    Chunks already embedded (a redelivered task), failed, or deleted since are left out.
+    """
+    with conn.cursor(row_factory=class_row(PendingChunk)) as cur:
+        return cur.execute(
+            """
+            UPDATE chunk_embeddings AS ce SET attempts = ce.attempts + 1
+            FROM chunks AS c JOIN documents AS d ON d.id = c.document_id
+            WHERE ce.index_version_id = %s AND ce.chunk_id = ANY(%s) AND c.id = ce.chunk_id
+              AND ce.embedded_at IS NULL AND ce.failed_at IS NULL
+            RETURNING c.id, c.document_id, d.access_level, c.text, c.token_count, ce.attempts
+            """,
+            (version_id, chunk_ids),
+        ).fetchall()
+
+
+def mark_embedded(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> set[str]:
+    """Mark chunks embedded; returns those that still exist (a changed document may have dropped some)."""
+    rows = conn.execute(
+        "UPDATE chunk_embeddings SET embedded_at = now() WHERE index_version_id = %s AND chunk_id = ANY(%s)"
+        " RETURNING chunk_id",
+        (version_id, chunk_ids),
+    ).fetchall()
+    return {chunk_id for (chunk_id,) in rows}
+
+
+def record_failure(conn: psycopg.Connection, version_id: int, chunk_ids: list[str], kind: str, error: str) -> None:
+    """Write why these chunks failed and take them out of the pending work (`producer retry` puts them back)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE chunk_embeddings SET failed_at = now() WHERE index_version_id = %s AND chunk_id = ANY(%s)",
+            (version_id, chunk_ids),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO failures (index_version_id, chunk_id, kind, error)"
+                " SELECT %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM chunks WHERE id = %s)",
+                [(version_id, chunk_id, kind, error[:2000], chunk_id) for chunk_id in chunk_ids],
+            )
+
+
+def progress(conn: psycopg.Connection, version_id: int) -> Progress:
+    row = conn.execute(
+        """
+        SELECT count(*) FILTER (WHERE embedded_at IS NOT NULL),
+               count(*) FILTER (WHERE embedded_at IS NULL AND failed_at IS NULL),
+               count(*) FILTER (WHERE embedded_at IS NULL AND failed_at IS NOT NULL)
+        FROM chunk_embeddings WHERE index_version_id = %s
+        """,
+        (version_id,),
+    ).fetchone()
+    return Progress(*row)
+
+
+def pending_chunk_ids(conn: psycopg.Connection, version_id: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s"
+        " AND embedded_at IS NULL AND failed_at IS NULL ORDER BY chunk_id",
+        (version_id,),
+    ).fetchall()
+    return [chunk_id for (chunk_id,) in rows]
+
+
+def retry_failed(conn: psycopg.Connection, version_id: int) -> list[str]:
+    """Put failed chunks back to pending, with their attempts reset; returns their ids."""
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE chunk_embeddings SET failed_at = NULL, attempts = 0"
+            " WHERE index_version_id = %s AND failed_at IS NOT NULL AND embedded_at IS NULL RETURNING chunk_id",
+            (version_id,),
+        ).fetchall()
+        conn.execute("DELETE FROM failures WHERE index_version_id = %s", (version_id,))
+    return [chunk_id for (chunk_id,) in rows]
