@@ -7,6 +7,7 @@ from contextlib import closing
 
 from migrations import runner
 from workers.errors import FleetError
+from workers.logs import configure_logging
 from workers.settings import FleetSettings
 from workers.stores import postgres
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = FleetSettings()
+        configure_logging(settings.log_level)
         with closing(postgres.connect(settings, migrate=False)) as conn:
             applied = runner.apply(conn)
             (current,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()

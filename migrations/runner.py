@@ -66,6 +66,17 @@ def apply(conn: psycopg.Connection) -> list[Migration]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
 
 
+def check_current(conn: psycopg.Connection) -> None:
+    """Refuse to work on a database whose schema is behind this code's."""
+    latest = available()[-1].version
+    (exists,) = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    current = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] if exists else None
+    if current is None or current < latest:
+        raise ConfigError(
+            f"the database schema is at version {current or 0}, this code needs {latest}: run `migrate db`"
+        )
+
+
 def _check_frozen(migration: Migration, recorded_sha256: str) -> None:
     if migration.sha256 != recorded_sha256:
         raise ConfigError(

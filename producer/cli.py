@@ -13,6 +13,7 @@ from pathlib import Path
 
 from workers.access import AccessLevel
 from workers.errors import FleetError
+from workers.logs import configure_logging
 from workers.settings import FleetSettings
 
 log = logging.getLogger("producer")
@@ -22,9 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = FleetSettings()
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        for noisy in ("httpx", "huggingface_hub", "sentence_transformers", "transformers"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        configure_logging(settings.log_level)
         return args.run(args, settings)
     except FleetError as err:
         print(f"producer {args.command}: error: {err}", file=sys.stderr)

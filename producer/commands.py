@@ -50,8 +50,10 @@ def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) 
         live = catalog.live_version(conn)
         if live is None:
             raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")
+        client = milvus.connect(settings)
+        milvus.ensure_loaded(client, live.collection)
         encoder = load_encoder(live.model, settings.device)
-        return searching.search(conn, milvus.connect(settings), encoder, live, query, level, top_k)
+        return searching.search(conn, client, encoder, live, query, level, top_k)
 
 
 def retry(settings: FleetSettings, include_pending: bool) -> int:

@@ -80,6 +80,13 @@ def point_live_alias(client: MilvusClient, collection: str) -> None:
         client.create_alias(collection_name=collection, alias=LIVE_ALIAS)
 
 
+def ensure_loaded(client: MilvusClient, collection: str) -> None:
+    """Load a collection for search (a reopened Milvus Lite file starts with it released)."""
+    state = client.get_load_state(collection).get("state")
+    if getattr(state, "name", str(state)) != "Loaded":
+        client.load_collection(collection)
+
+
 def upsert(client: MilvusClient, collection: str, rows: list[VectorRow]) -> None:
     for start in range(0, len(rows), MILVUS_UPSERT_ROWS):
         batch = rows[start : start + MILVUS_UPSERT_ROWS]

@@ -26,7 +26,7 @@ def _embedded_server(pgdata: Path) -> str:
     import pgserver
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    log.info("starting embedded Postgres in %s", pgdata)
+    log.debug("starting embedded Postgres in %s", pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     _keep_alive.append(server)  # the server stops when its last handle is collected
     return server.get_uri()
@@ -50,4 +50,6 @@ def connect(settings: FleetSettings, *, migrate: bool | None = None) -> psycopg.
         ) from err
     if migrate if migrate is not None else settings.database_url is None:
         runner.apply(conn)
+    else:
+        runner.check_current(conn)
     return conn

@@ -1,0 +1,5 @@
+import sys
+
+from migrations.cli import main
+
+sys.exit(main())
