@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = FleetSettings()
         configure_logging(settings.log_level)
-        with closing(postgres.connect(settings, migrate=False)) as conn:
+        with closing(postgres.open_connection(settings)) as conn:
             applied = runner.apply(conn)
             (current,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     except FleetError as err:

@@ -22,7 +22,7 @@ CORPUS = [
     (
         "finance/salary-bands.md",
         "manager_only",
-        "Salary bands for 2027: engineers earn between 40 and 95 million dong.",
+        "Salary bands for 2027: engineers earn 40 to 95 million dong.",
     ),
     ("board/acquisition.md", "director_only", "The board plans to acquire Blue River Freight in the third quarter."),
 ]

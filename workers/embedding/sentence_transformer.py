@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from transformers.utils import logging as transformers_logging
 
 from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo
@@ -35,6 +36,7 @@ class SentenceTransformerEncoder(Encoder):
         # A hub id lets sentence-transformers fetch the weights; model_info fetched only the configs.
         source = info.name if info.is_hub_id else str(info.path)
         log.info("loading %s on %s (%s)", info.name, self.device, dtype)
+        transformers_logging.disable_progress_bar()
         self.model = SentenceTransformer(
             source, device=self.device, model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"}
         )

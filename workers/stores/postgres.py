@@ -35,19 +35,23 @@ def _embedded_server(pgdata: Path) -> str:
 _keep_alive: list = []
 
 
-def connect(settings: FleetSettings, *, migrate: bool | None = None) -> psycopg.Connection:
-    """An autocommit connection; transactions are explicit (`with conn.transaction()`).
-
-    The embedded database is migrated on connect; a server's schema is `migrate db`'s job unless
-    `migrate=True`.
-    """
-    url = database_url(settings)
+def open_connection(settings: FleetSettings) -> psycopg.Connection:
+    """An autocommit connection, whatever the schema; transactions are explicit."""
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(database_url(settings), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as err:
         raise ServiceUnavailable(
             f"cannot reach Postgres ({err}); check FLEET_DATABASE_URL or start the server"
         ) from err
+
+
+def connect(settings: FleetSettings, *, migrate: bool | None = None) -> psycopg.Connection:
+    """A connection to a database whose schema is current.
+
+    The embedded database is migrated on connect; a server's schema is `migrate db`'s job
+    (unless `migrate=True`), and a server behind it is refused with that advice.
+    """
+    conn = open_connection(settings)
     if migrate if migrate is not None else settings.database_url is None:
         runner.apply(conn)
     else:

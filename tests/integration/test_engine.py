@@ -1,0 +1,129 @@
+"""The embed engine on real Postgres and Milvus Lite: batching across tasks, failures, races."""
+
+from contextlib import closing
+
+import numpy as np
+import pytest
+
+from producer import commands
+from producer.dispatch import make_tasks
+from tests.integration.conftest import write_corpus
+from workers.embedding import load_encoder
+from workers.embedding.fake import FakeEncoder
+from workers.engine import EmbedEngine
+from workers.stores import catalog, milvus, postgres, progress
+
+
+class RecordingEncoder(FakeEncoder):
+    """The fake encoder, remembering the size of every forward pass."""
+
+    def __init__(self, info, on_encode=None):
+        super().__init__(info)
+        self.batches: list[int] = []
+        self.on_encode = on_encode
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(len(texts))
+        if self.on_encode:
+            self.on_encode(texts)
+        return super().encode_documents(texts)
+
+
+class BrokenEncoder(FakeEncoder):
+    def encode_documents(self, texts):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.fixture
+def settings(make_settings, migrated_url):
+    return make_settings(database_url=migrated_url, model="fake:64", chunk_min_tokens=20, chunk_max_tokens=60)
+
+
+@pytest.fixture
+def pending(settings, tmp_path):
+    """A corpus registered in Postgres with nothing embedded yet: (version, chunk ids)."""
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with closing(postgres.connect(settings)) as conn:
+        version = catalog.live_version(conn)
+        conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL")
+        ids = progress.pending_chunk_ids(conn, version.id)
+    milvus.connect(settings).delete(version.collection, ids=ids)
+    return version, ids
+
+
+def run_engine(settings, encoder, tasks):
+    engine = EmbedEngine(settings, encoder_loader=lambda model, device: encoder)
+    futures = [engine.submit(task) for task in tasks]
+    try:
+        return [future.result(timeout=60) for future in futures]
+    finally:
+        engine.close()
+
+
+def test_chunks_of_many_tasks_share_forward_passes(settings, pending):
+    version, ids = pending
+    encoder = RecordingEncoder(load_encoder("fake:64").info)
+    tasks = make_tasks(version.id, ids, 2)
+    results = run_engine(settings.model_copy(update={"collect_ms": 200}), encoder, tasks)
+    assert sum(r.embedded for r in results) == len(ids)
+    assert len(encoder.batches) < len(tasks) / 2
+    with closing(postgres.connect(settings)) as conn:
+        assert progress.progress(conn, version.id).embedded == len(ids)
+    assert milvus.count(milvus.connect(settings), version.collection) == len(ids)
+
+
+def test_redelivered_task_embeds_nothing_twice(settings, pending):
+    version, ids = pending
+    encoder = RecordingEncoder(load_encoder("fake:64").info)
+    task = make_tasks(version.id, ids, len(ids))[0]
+    run_engine(settings, encoder, [task])
+    (again,) = run_engine(settings, encoder, [task])
+    assert (again.embedded, again.skipped) == (0, len(ids))
+    assert sum(encoder.batches) == len(ids)
+
+
+def test_chunk_deleted_while_embedding_leaves_no_vector(settings, pending):
+    version, ids = pending
+    victim = ids[0]
+
+    def delete_victim(_texts):
+        with closing(postgres.connect(settings)) as conn:
+            conn.execute("DELETE FROM chunks WHERE id = %s", (victim,))
+
+    encoder = RecordingEncoder(load_encoder("fake:64").info, on_encode=delete_victim)
+    (result,) = run_engine(settings, encoder, make_tasks(version.id, ids, len(ids)))
+    assert result.embedded == len(ids) - 1
+    client = milvus.connect(settings)
+    assert client.get(version.collection, ids=[victim]) == []
+    assert milvus.count(client, version.collection) == len(ids) - 1
+
+
+def test_encoder_failure_fails_the_task_and_marks_nothing(settings, pending):
+    version, ids = pending
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run_engine(settings, BrokenEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
+    with closing(postgres.connect(settings)) as conn:
+        assert progress.progress(conn, version.id).pending == len(ids)
+
+
+def test_chunks_delivered_too_often_are_recorded_as_failures(settings, pending):
+    version, ids = pending
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute("UPDATE chunk_embeddings SET attempts = %s WHERE chunk_id = %s", (settings.max_attempts, ids[0]))
+    (result,) = run_engine(settings, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
+    assert (result.failed, result.embedded) == (1, len(ids) - 1)
+    with closing(postgres.connect(settings)) as conn:
+        kind, error = conn.execute("SELECT kind, error FROM failures WHERE chunk_id = %s", (ids[0],)).fetchone()
+    assert kind == "attempts" and "gave up after" in error
+
+
+def test_chunk_over_the_batch_budget_is_a_recorded_failure_not_truncated(settings, pending):
+    version, ids = pending
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute("UPDATE chunks SET token_count = 10000 WHERE id = %s", (ids[0],))
+    small = settings.model_copy(update={"batch_tokens": 4096})
+    (result,) = run_engine(small, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
+    assert result.failed == 1
+    with closing(postgres.connect(settings)) as conn:
+        (kind,) = conn.execute("SELECT kind FROM failures WHERE chunk_id = %s", (ids[0],)).fetchone()
+    assert kind == "too_long"
