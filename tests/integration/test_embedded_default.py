@@ -43,6 +43,8 @@ def test_sample_docs_all_have_levels_and_ingest_cleanly(tmp_path):
     report = run_json(env, "producer", "ingest", str(REPO / "ops" / "sample-docs"))
     assert report["files_seen"] >= 8
     assert report["documents_rejected"] == 0, report["rejected"]
-    levels = {hit["access_level"] for hit in run_json(env, "producer", "search", "policy", "--level",
-                                                       "director_only", "--top-k", "50")}
+    levels = {
+        hit["access_level"]
+        for hit in run_json(env, "producer", "search", "policy", "--level", "director_only", "--top-k", "50")
+    }
     assert levels == {"public", "employee_only", "manager_only", "director_only"}

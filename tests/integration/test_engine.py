@@ -110,7 +110,9 @@ def test_chunks_delivered_too_often_are_recorded_as_failures(settings, pending):
     version, ids = pending
     with closing(postgres.connect(settings)) as conn:
         conn.execute("UPDATE chunk_embeddings SET attempts = %s WHERE chunk_id = %s", (settings.max_attempts, ids[0]))
-    (result,) = run_engine(settings, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
+    (result,) = run_engine(
+        settings, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids))
+    )
     assert (result.failed, result.embedded) == (1, len(ids) - 1)
     with closing(postgres.connect(settings)) as conn:
         kind, error = conn.execute("SELECT kind, error FROM failures WHERE chunk_id = %s", (ids[0],)).fetchone()

@@ -16,16 +16,35 @@ from tests.integration.conftest import REPO, cli_env, run_cli, run_json, write_c
 @pytest.fixture
 def fleet_settings(make_settings, migrated_url, redis_url, milvus_server):
     return make_settings(
-        database_url=migrated_url, broker_url=redis_url, milvus_uri=milvus_server, model="fake:64",
-        chunk_min_tokens=60, chunk_max_tokens=120,
+        database_url=migrated_url,
+        broker_url=redis_url,
+        milvus_uri=milvus_server,
+        model="fake:64",
+        chunk_min_tokens=60,
+        chunk_max_tokens=120,
     )
 
 
 def start_worker(env: dict, log: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel=INFO", "-n", f"{name}@%h",
-         "--without-gossip", "--without-mingle"],
-        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "--loglevel=INFO",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -77,7 +96,8 @@ def test_without_migrate_db_the_server_database_is_refused(make_settings, databa
 
 
 def test_unknown_level_is_a_usage_error(make_settings, database_url):
-    result = run_cli(cli_env(make_settings(database_url=database_url)), "producer", "search", "q", "--level", "ceo",
-                     check=False)
+    result = run_cli(
+        cli_env(make_settings(database_url=database_url)), "producer", "search", "q", "--level", "ceo", check=False
+    )
     assert result.returncode == 2
     assert "unknown access level 'ceo'" in result.stderr
