@@ -1,26 +1,32 @@
-"""The embed engine: merges the chunks of many tasks into token-budget batches on one thread.
+"""The embed engine: a pipeline that keeps the device busy while tasks come and go.
 
-Tasks (from Celery's thread pool, or from the producer in-process) `submit` and wait on a
-future. The engine thread takes every request waiting within `collect_ms`, claims their
-pending chunks in Postgres, plans length-sorted batches, encodes, upserts into the version's
-Milvus collection, marks the chunks embedded, and only then resolves the futures: a task is
-acknowledged after its chunks are in both stores.
+    submit(task) ─▶ claim ─▶ tokenize+plan ─▶ forward ─▶ sink ─▶ future resolved
+                   Postgres   CPU (Rust)      device     Milvus upsert, Postgres mark
+
+`claim` merges the tasks waiting within `collect_ms` and claims their pending chunks;
+`tokenize` plans length-sorted batches under the token budget and pads them; `forward` runs
+the model (splitting a batch that runs out of device memory); `sink` writes vectors in bulk
+and only then resolves the tasks whose chunks are all stored: a task is acknowledged after its
+chunks are in both stores, even when they were split across batches.
 """
 
 import logging
 import queue
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from workers.batching import plan_batches
-from workers.contracts import EmbedResult, EmbedTask
+from workers.contracts import EmbedTask
 from workers.embedding import Encoder, load_encoder
-from workers.embedding.base import fit_dimension
-from workers.errors import InvalidInput
+from workers.errors import DeviceOutOfMemory, InvalidInput
+from workers.ledger import Job, Ledger
+from workers.pipeline import STOP, Stage, drain
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres, progress
 from workers.stores.catalog import IndexVersion
@@ -28,184 +34,276 @@ from workers.stores.progress import PendingChunk
 
 log = logging.getLogger(__name__)
 
+# Batches waiting for the device: enough to hide a slow tokenize or sink, few enough to bound memory.
+FORWARD_QUEUE = 4
+SINK_QUEUE = 8
+SINK_ROWS = 2048
+MIN_BUDGET_TOKENS = 512
+
 
 @dataclass
-class _Request:
-    task: EmbedTask
-    future: Future = field(default_factory=Future)
+class WorkGroup:
+    version: IndexVersion
+    chunks: list[PendingChunk]
+
+
+@dataclass
+class Batch:
+    version: IndexVersion
+    chunks: list[PendingChunk]
+    ids: list[list[int]]
+    features: Any
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(sequence) for sequence in self.ids)
+
+    @property
+    def padded_tokens(self) -> int:
+        return max(len(sequence) for sequence in self.ids) * len(self.ids)
+
+
+@dataclass
+class Embedded:
+    version: IndexVersion
+    chunks: list[PendingChunk]
+    vectors: np.ndarray
+
+
+@dataclass
+class Failed:
+    version: IndexVersion
+    chunk_ids: list[str]
+    kind: str
+    error: str
+
+
+def _chunk_ids(item: Any) -> tuple[int, list[str]]:
+    if isinstance(item, Failed):
+        return item.version.id, item.chunk_ids
+    return item.version.id, [chunk.id for chunk in item.chunks]
 
 
 class EmbedEngine:
-    """One per worker process: owns the encoders, a Postgres connection and a Milvus client."""
+    """One per worker process: owns the encoders, two Postgres connections and a Milvus client."""
 
     def __init__(self, settings: FleetSettings, encoder_loader: Callable[[str, str], Encoder] = load_encoder):
         self.settings = settings
+        self.budget = settings.batch_tokens
+        self.forward_tokens = 0
+        self.padded_tokens = 0
+        self.peak_memory_bytes = 0
         self._load_encoder = encoder_loader
         self._encoders: dict[str, Encoder] = {}
         self._versions: dict[int, IndexVersion] = {}
         self._collections_ready: set[str] = set()
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._conn = None
+        self._claim_conn = self._sink_conn = None
         self._milvus = None
-        self.error: BaseException | None = None
+        self.ledger = Ledger()
+        self._requests: queue.Queue = queue.Queue()
+        self.stages: list[Stage] = []
 
     # -- public -----------------------------------------------------------------------------
 
     def start(self) -> "EmbedEngine":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="embed-engine", daemon=True)
-            self._thread.start()
+        if not self.stages:
+            groups: queue.Queue = queue.Queue(maxsize=2)
+            batches: queue.Queue = queue.Queue(maxsize=FORWARD_QUEUE)
+            results: queue.Queue = queue.Queue(maxsize=SINK_QUEUE)
+            self.stages = [
+                Stage("claim", self._requests, self._claim, groups, self._abort),
+                Stage("tokenize", groups, self._tokenize, batches, self._abort),
+                Stage("forward", batches, self._forward, results, self._abort),
+                Stage("sink", results, self._sink, None, self._abort),
+            ]
+            for stage in self.stages:
+                stage.start()
         return self
 
     def submit(self, task: EmbedTask) -> Future:
         """Queue a task; the future resolves to an EmbedResult once its chunks are in both stores."""
-        if self.error is not None:
-            raise RuntimeError("the embed engine stopped") from self.error
-        request = _Request(task)
-        self._requests.put(request)
+        self.check_healthy()
+        job = Job(task)
         self.start()
-        return request.future
+        self._requests.put(job)
+        return job.future
+
+    def check_healthy(self) -> None:
+        dead = [stage for stage in self.stages if stage.error is not None]
+        if dead:
+            raise RuntimeError(f"the embed engine's {dead[0].name} stage stopped") from dead[0].error
 
     def preload(self, model: str) -> None:
         self._encoder(model)
 
+    def stats(self) -> dict:
+        return {stage.name: stage.stats.to_dict() for stage in self.stages}
+
     def close(self) -> None:
-        if self._thread is not None:
-            self._requests.put(None)
-            self._thread.join()
-            self._thread = None
+        """Finish the work in flight, then stop the stages."""
+        if self.stages:
+            self._requests.put(STOP)
+            for stage in self.stages:
+                stage.join()
+            self.stages = []
+            error = RuntimeError("the embed engine was closed")
+            self.ledger.abort_all(error)
 
-    # -- engine thread ----------------------------------------------------------------------
+    # -- stages -----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _claim(self, first: Job) -> Iterator[WorkGroup]:
+        jobs = self._collect(first)
         try:
-            while True:
-                requests = self._collect()
-                if requests is None:
-                    return
-                self._serve(requests)
-        except BaseException as err:  # keep the cause: submit() refuses work from now on
-            log.exception("embed engine stopped")
-            self.error = err
-            self._fail_waiting(err)
+            groups = self._claim_jobs(jobs)
+        except Exception as err:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        yield from groups
 
-    def _collect(self) -> list[_Request] | None:
-        """The next request, plus those arriving within collect_ms, up to a few batches' worth."""
-        first = self._requests.get()
-        if first is None:
-            return None
-        requests = [first]
+    def _collect(self, first: Job) -> list[Job]:
+        """`first` and the tasks arriving within collect_ms, up to a few batches' worth of chunks."""
+        jobs = [first]
         deadline = time.monotonic() + self.settings.collect_ms / 1000
-        wanted_chunks = 4 * self.settings.worker_concurrency * self.settings.task_chunks
-        while sum(len(request.task.chunk_ids) for request in requests) < wanted_chunks:
+        wanted = 4 * self.settings.worker_concurrency * self.settings.task_chunks
+        while sum(len(job.task.chunk_ids) for job in jobs) < wanted:
             try:
-                more = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if more is None:
-                self._requests.put(None)  # stop after serving what was collected
+            if job is STOP:
+                self._requests.put(STOP)  # seen again by the stage loop, after this round
                 break
-            requests.append(more)
-        return requests
+            jobs.append(job)
+        return jobs
 
-    def _serve(self, requests: list[_Request]) -> None:
-        by_version: dict[int, list[_Request]] = defaultdict(list)
-        for request in requests:
-            by_version[request.task.index_version].append(request)
-        for version_id, group in by_version.items():
-            try:
-                results = self._embed_version(version_id, [request.task for request in group])
-            except Exception as err:  # the tasks retry: nothing was marked done
-                for request in group:
-                    request.future.set_exception(err)
-                continue
-            for request, result in zip(group, results, strict=True):
-                request.future.set_result(result)
+    def _claim_jobs(self, jobs: list[Job]) -> list[WorkGroup]:
+        by_version: dict[int, list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_version[job.task.index_version].append(job)
+        groups = []
+        for version_id, version_jobs in by_version.items():
+            version = self._version(version_id)
+            wanted = list(dict.fromkeys(cid for job in version_jobs for cid in job.task.chunk_ids))
+            claimed = progress.claim(self._conn("claim"), version_id, wanted)
+            gave_up = [c.id for c in claimed if c.attempts > self.settings.max_attempts]
+            if gave_up:
+                progress.record_failure(
+                    self._conn("claim"),
+                    version_id,
+                    gave_up,
+                    "attempts",
+                    f"gave up after {self.settings.max_attempts} attempts (the worker died or failed each time)",
+                )
+            claimed_ids = [c.id for c in claimed]
+            for job in version_jobs:
+                self.ledger.open(job, version_id, [i for i in job.task.chunk_ids if i in claimed_ids], set(gave_up))
+            chunks = [c for c in claimed if c.id not in set(gave_up)]
+            if chunks:
+                groups.append(WorkGroup(version, chunks))
+        return groups
 
-    def _fail_waiting(self, err: BaseException) -> None:
-        while True:
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            if request is not None:
-                request.future.set_exception(err)
-
-    # -- one version's work -----------------------------------------------------------------
-
-    def _embed_version(self, version_id: int, tasks: list[EmbedTask]) -> list[EmbedResult]:
-        version = self._version(version_id)
-        wanted = list(dict.fromkeys(chunk_id for task in tasks for chunk_id in task.chunk_ids))
-        claimed = progress.claim(self._db(), version_id, wanted)
-        chunks, failed = self._drop_hopeless(version, claimed)
-        embedded = self._embed_and_store(version, chunks)
-        return [self._result(task, embedded, failed) for task in tasks]
-
-    def _drop_hopeless(self, version: IndexVersion, claimed: list[PendingChunk]) -> tuple[list[PendingChunk], set]:
-        """Record as failed the chunks delivered too often or too long for a batch; keep the rest."""
-        budget = self.settings.batch_tokens
-        too_often = [c.id for c in claimed if c.attempts > self.settings.max_attempts]
-        too_long = [c.id for c in claimed if c.token_count > budget and c.id not in too_often]
-        if too_often:
-            progress.record_failure(
-                self._db(),
-                version.id,
-                too_often,
-                "attempts",
-                f"gave up after {self.settings.max_attempts} attempts (the worker died or failed each time)",
-            )
+    def _tokenize(self, group: WorkGroup) -> Iterator[Batch | Failed]:
+        encoder = self._encoder(group.version.model)
+        ids = encoder.tokenize([chunk.text for chunk in group.chunks])
+        budget = self.budget
+        too_long = {i for i, sequence in enumerate(ids) if len(sequence) > budget}
         if too_long:
-            progress.record_failure(
-                self._db(),
-                version.id,
-                too_long,
+            yield Failed(
+                group.version,
+                [group.chunks[i].id for i in too_long],
                 "too_long",
-                f"longer than FLEET_BATCH_TOKENS={budget}: raise it to embed these chunks",
+                f"longer than the batch budget of {budget} tokens: raise FLEET_BATCH_TOKENS",
             )
-        failed = set(too_often) | set(too_long)
-        return [c for c in claimed if c.id not in failed], failed
+        keep = [i for i in range(len(ids)) if i not in too_long]
+        for batch in plan_batches([len(ids[i]) for i in keep], budget):
+            members = [keep[i] for i in batch]
+            batch_ids = [ids[i] for i in members]
+            yield Batch(group.version, [group.chunks[i] for i in members], batch_ids, encoder.collate(batch_ids))
 
-    def _embed_and_store(self, version: IndexVersion, chunks: list[PendingChunk]) -> set[str]:
-        if not chunks:
-            return set()
-        encoder = self._encoder(version.model)
-        rows: list[milvus.VectorRow] = []
-        for batch in plan_batches([c.token_count for c in chunks], self.settings.batch_tokens):
-            members = [chunks[i] for i in batch]
-            vectors = fit_dimension(encoder.encode_documents([c.text for c in members]), version.dim)
-            rows += [
-                milvus.VectorRow(c.id, c.document_id, c.access_level, vector)
-                for c, vector in zip(members, vectors, strict=True)
+    def _forward(self, item: Batch | Failed) -> Iterator[Embedded | Failed]:
+        if isinstance(item, Failed):
+            yield item
+            return
+        yield from self._forward_splitting(self._encoder(item.version.model), item)
+
+    def _forward_splitting(self, encoder: Encoder, batch: Batch) -> Iterator[Embedded | Failed]:
+        """Forward a batch; on device OOM shrink the budget and forward its halves."""
+        try:
+            vectors = encoder.forward(batch.features, batch.version.dim)
+        except DeviceOutOfMemory as err:
+            self.budget = max(MIN_BUDGET_TOKENS, int(min(self.budget, batch.padded_tokens) * 0.75))
+            log.warning("%s; batch budget now %d tokens", err, self.budget)
+            if len(batch.chunks) == 1:
+                yield Failed(batch.version, [batch.chunks[0].id], "oom", f"does not fit on the device alone: {err}")
+                return
+            middle = len(batch.chunks) // 2
+            for part in (slice(0, middle), slice(middle, None)):
+                ids = batch.ids[part]
+                half = Batch(batch.version, batch.chunks[part], ids, encoder.collate(ids))
+                yield from self._forward_splitting(encoder, half)
+            return
+        self.forward_tokens += batch.tokens
+        self.padded_tokens += batch.padded_tokens
+        self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())
+        yield Embedded(batch.version, batch.chunks, vectors)
+
+    def _sink(self, first: Embedded | Failed) -> None:
+        items, stop_seen = drain(self.stages[3].inbox, first, SINK_ROWS, lambda item: len(_chunk_ids(item)[1]))
+        try:
+            for item in items:
+                if isinstance(item, Failed):
+                    progress.record_failure(self._conn("sink"), item.version.id, item.chunk_ids, item.kind, item.error)
+                    self.ledger.failed(item.version.id, item.chunk_ids)
+            self._store([item for item in items if isinstance(item, Embedded)])
+        except Exception as err:
+            for item in items:
+                self._abort(item, err)
+        if stop_seen:
+            self.stages[3].inbox.put(STOP)
+
+    def _store(self, items: list[Embedded]) -> None:
+        by_version: dict[int, list[Embedded]] = defaultdict(list)
+        for item in items:
+            by_version[item.version.id].append(item)
+        for version_items in by_version.values():
+            version = version_items[0].version
+            rows = [
+                milvus.VectorRow(chunk.id, chunk.document_id, chunk.access_level, vector)
+                for item in version_items
+                for chunk, vector in zip(item.chunks, item.vectors, strict=True)
             ]
-        return self._store(version, rows)
+            client = self._vectors()
+            if version.collection not in self._collections_ready:
+                milvus.ensure_collection(client, version.collection, version.dim)
+                self._collections_ready.add(version.collection)
+            milvus.upsert(client, version.collection, rows)
+            ids = [row.chunk_id for row in rows]
+            marked = progress.mark_embedded(self._conn("sink"), version.id, ids)
+            # A chunk deleted by a re-ingest while we embedded it: its vector must not stay behind.
+            orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
+            if orphans:
+                milvus.delete(client, version.collection, orphans)
+            self.ledger.stored(version.id, ids, marked)
 
-    def _store(self, version: IndexVersion, rows: list[milvus.VectorRow]) -> set[str]:
-        client = self._vectors()
-        if version.collection not in self._collections_ready:
-            milvus.ensure_collection(client, version.collection, version.dim)
-            self._collections_ready.add(version.collection)
-        milvus.upsert(client, version.collection, rows)
-        ids = [row.chunk_id for row in rows]
-        marked = progress.mark_embedded(self._db(), version.id, ids)
-        # A chunk deleted by a re-ingest while we embedded it: its vector must not stay behind.
-        orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
-        if orphans:
-            milvus.delete(client, version.collection, orphans)
-        return marked
+    def _abort(self, item: Any, error: Exception) -> None:
+        if isinstance(item, Job):
+            if not item.future.done():
+                item.future.set_exception(error)
+            return
+        self.ledger.abort(*_chunk_ids(item), error)
 
-    @staticmethod
-    def _result(task: EmbedTask, embedded: set[str], failed: set[str]) -> EmbedResult:
-        done = sum(1 for chunk_id in task.chunk_ids if chunk_id in embedded)
-        lost = sum(1 for chunk_id in task.chunk_ids if chunk_id in failed)
-        return EmbedResult(embedded=done, failed=lost, skipped=len(task.chunk_ids) - done - lost)
+    # -- resources ----------------------------------------------------------------------------
 
-    # -- resources, opened on the engine thread ---------------------------------------------
-
-    def _db(self):
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = postgres.connect(self.settings)
-        return self._conn
+    def _conn(self, stage: str):
+        """The claim and sink stages each have their own connection (psycopg serialises a connection)."""
+        attribute = f"_{stage}_conn"
+        conn = getattr(self, attribute)
+        if conn is None or conn.closed or conn.broken:
+            conn = postgres.connect(self.settings)
+            setattr(self, attribute, conn)
+        return conn
 
     def _vectors(self):
         if self._milvus is None:
@@ -214,7 +312,7 @@ class EmbedEngine:
 
     def _version(self, version_id: int) -> IndexVersion:
         if version_id not in self._versions:
-            version = catalog.get_version(self._db(), version_id)
+            version = catalog.get_version(self._conn("claim"), version_id)
             if version is None:
                 raise InvalidInput(f"index version {version_id} does not exist")
             self._versions[version_id] = version
@@ -222,6 +320,5 @@ class EmbedEngine:
 
     def _encoder(self, model: str) -> Encoder:
         if model not in self._encoders:
-            encoder = self._load_encoder(model, self.settings.device)
-            self._encoders[model] = encoder
+            self._encoders[model] = self._load_encoder(model, self.settings.device)
         return self._encoders[model]

@@ -22,6 +22,10 @@ class ServiceUnavailable(TransientError):
     """A backing service (Postgres, Redis, Milvus) did not answer."""
 
 
+class DeviceOutOfMemory(TransientError):
+    """The accelerator ran out of memory on a batch; smaller batches may fit."""
+
+
 class PermanentError(FleetError):
     """Retrying cannot help."""
 

@@ -1,5 +1,7 @@
 """The embed engine on real Postgres and Milvus Lite: batching across tasks, failures, races."""
 
+import threading
+import time
 from contextlib import closing
 
 import numpy as np
@@ -11,6 +13,7 @@ from tests.integration.conftest import write_corpus
 from workers.embedding import load_encoder
 from workers.embedding.fake import FakeEncoder
 from workers.engine import EmbedEngine
+from workers.errors import DeviceOutOfMemory, ServiceUnavailable
 from workers.stores import catalog, milvus, postgres, progress
 
 
@@ -22,15 +25,15 @@ class RecordingEncoder(FakeEncoder):
         self.batches: list[int] = []
         self.on_encode = on_encode
 
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        self.batches.append(len(texts))
+    def forward(self, batch: list[list[int]], dim: int) -> np.ndarray:
+        self.batches.append(len(batch))
         if self.on_encode:
-            self.on_encode(texts)
-        return super().encode_documents(texts)
+            self.on_encode(batch)
+        return super().forward(batch, dim)
 
 
 class BrokenEncoder(FakeEncoder):
-    def encode_documents(self, texts):
+    def forward(self, batch, dim):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
@@ -122,10 +125,114 @@ def test_chunks_delivered_too_often_are_recorded_as_failures(settings, pending):
 def test_chunk_over_the_batch_budget_is_a_recorded_failure_not_truncated(settings, pending):
     version, ids = pending
     with closing(postgres.connect(settings)) as conn:
-        conn.execute("UPDATE chunks SET token_count = 10000 WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE chunks SET text = repeat('word ', 5000) WHERE id = %s", (ids[0],))
     small = settings.model_copy(update={"batch_tokens": 4096})
     (result,) = run_engine(small, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
     assert result.failed == 1
     with closing(postgres.connect(settings)) as conn:
         (kind,) = conn.execute("SELECT kind FROM failures WHERE chunk_id = %s", (ids[0],)).fetchone()
     assert kind == "too_long"
+
+
+class OutOfMemoryAbove(FakeEncoder):
+    """Runs out of 'device memory' on batches of more than `limit` sequences."""
+
+    def __init__(self, info, limit: int):
+        super().__init__(info)
+        self.limit = limit
+        self.batches: list[int] = []
+
+    def forward(self, batch, dim):
+        if len(batch) > self.limit:
+            raise DeviceOutOfMemory(f"simulated OOM on {len(batch)} sequences")
+        self.batches.append(len(batch))
+        return super().forward(batch, dim)
+
+
+def test_out_of_memory_splits_the_batch_and_shrinks_the_budget(settings, pending):
+    version, ids = pending
+    encoder = OutOfMemoryAbove(load_encoder("fake:64").info, limit=5)
+    engine = EmbedEngine(settings, encoder_loader=lambda model, device: encoder)
+    (result,) = [f.result(timeout=60) for f in [engine.submit(make_tasks(version.id, ids, len(ids))[0])]]
+    engine.close()
+    assert result.embedded == len(ids)
+    assert max(encoder.batches) <= 5
+    assert engine.budget < settings.batch_tokens
+
+
+def test_a_chunk_that_never_fits_is_recorded_as_failed(settings, pending):
+    version, ids = pending
+    (result,) = run_engine(
+        settings, OutOfMemoryAbove(load_encoder("fake:64").info, limit=0), make_tasks(version.id, ids[:3], 3)
+    )
+    assert result.failed == 3
+    with closing(postgres.connect(settings)) as conn:
+        kinds = {kind for (kind,) in conn.execute("SELECT kind FROM failures")}
+    assert kinds == {"oom"}
+
+
+def test_task_split_across_batches_resolves_only_when_all_its_chunks_are_stored(settings, pending):
+    version, ids = pending
+    release = threading.Event()
+    calls = []
+
+    def hold_second_batch(_batch):
+        calls.append(1)
+        if len(calls) == 2:
+            assert release.wait(30)
+
+    encoder = RecordingEncoder(load_encoder("fake:64").info, on_encode=hold_second_batch)
+    # A budget of a few chunks per batch: the task's chunks need several forward passes.
+    engine = EmbedEngine(settings.model_copy(update={"batch_tokens": 200}), encoder_loader=lambda m, d: encoder)
+    future = engine.submit(make_tasks(version.id, ids, len(ids))[0])
+    deadline = time.monotonic() + 30
+    while embedded_count(settings, version) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 0 < embedded_count(settings, version) < len(ids)
+    assert not future.done()
+    release.set()
+    assert future.result(timeout=60).embedded == len(ids)
+    engine.close()
+    assert len(encoder.batches) > 2
+
+
+def embedded_count(settings, version) -> int:
+    with closing(postgres.connect(settings)) as conn:
+        return progress.progress(conn, version.id).embedded
+
+
+def test_milvus_failure_fails_the_task_and_marks_nothing(settings, pending, monkeypatch):
+    version, ids = pending
+
+    def unreachable(*_args, **_kwargs):
+        raise ServiceUnavailable("Milvus is down (simulated)")
+
+    monkeypatch.setattr(milvus, "upsert", unreachable)
+    with pytest.raises(ServiceUnavailable):
+        run_engine(settings, RecordingEncoder(load_encoder("fake:64").info), make_tasks(version.id, ids, len(ids)))
+    assert embedded_count(settings, version) == 0
+
+
+@pytest.mark.parametrize("model", ["minilm", "qwen_tiny"])
+def test_pipeline_vectors_equal_sentence_transformers(request, make_settings, migrated_url, tmp_path, model):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    path = request.getfixturevalue(model)
+    settings = make_settings(database_url=migrated_url, model=path, batch_tokens=2048, chunk_max_tokens=200)
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with closing(postgres.connect(settings)) as conn:
+        version = catalog.live_version(conn)
+        rows = conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+    client = milvus.connect(settings)
+    milvus.ensure_loaded(client, version.collection)
+    stored = {
+        row["chunk_id"]: np.array(row["vector"])
+        for row in client.get(version.collection, ids=[r[0] for r in rows], output_fields=["vector"])
+    }
+    expected = SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.float32}).encode(
+        [r[1] for r in rows], normalize_embeddings=True
+    )
+    cosines = [float(stored[chunk_id] @ vector) for (chunk_id, _), vector in zip(rows, expected, strict=True)]
+    assert len(stored) == len(rows) > 5
+    assert min(cosines) >= 0.999

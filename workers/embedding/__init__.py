@@ -8,12 +8,16 @@ from workers.embedding.model_info import ModelInfo, resolve_model
 
 
 def load_encoder(model: str, device: str = "auto") -> Encoder:
-    """The encoder for `model` (hub id, local directory, or `fake[:DIM]`)."""
+    """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM]`)."""
     info = resolve_model(model)
-    if info.is_fake:
+    if info.kind == "fake":
         from workers.embedding.fake import FakeEncoder
 
         return FakeEncoder(info)
+    if info.kind == "null":
+        from workers.embedding.simulated import SimulatedEncoder
+
+        return SimulatedEncoder(info)
     from workers.embedding.sentence_transformer import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(info, device=device)

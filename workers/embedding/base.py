@@ -1,6 +1,12 @@
-"""The encoder interface and the Matryoshka dimension fit shared by every encoder."""
+"""The encoder interface and the Matryoshka dimension fit shared by every encoder.
+
+An encoder works in three steps so that a worker can run them on different threads:
+`tokenize` (CPU), `collate` (CPU: pad a planned batch into tensors) and `forward` (the device:
+model, pooling, truncation to the index dimension, normalisation, copy out).
+"""
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -9,18 +15,34 @@ from workers.errors import ConfigError
 
 
 class Encoder(ABC):
-    """Turns texts into unit vectors of the model's native dimension (float32 rows)."""
+    """Turns texts into unit vectors (float32 rows)."""
 
     def __init__(self, info: ModelInfo):
         self.info = info
 
     @abstractmethod
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        """Vectors of passages, one forward pass for the whole list (the caller plans batches)."""
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each passage as the model reads them (special tokens included)."""
+
+    @abstractmethod
+    def collate(self, ids: list[list[int]]) -> Any:
+        """One forward pass's input for these sequences (padded tensors for a transformer)."""
+
+    @abstractmethod
+    def forward(self, batch: Any, dim: int) -> np.ndarray:
+        """Unit vectors of `dim` components for a collated batch."""
 
     @abstractmethod
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Vectors of search queries, with the model's query prompt where it has one."""
+
+    def encode_documents(self, texts: list[str], dim: int | None = None) -> np.ndarray:
+        """Vectors of passages in one forward pass (the caller plans batches)."""
+        return self.forward(self.collate(self.tokenize(texts)), dim or self.info.dim)
+
+    def peak_memory_bytes(self) -> int:
+        """Peak device memory allocated so far (0 where the device does not tell)."""
+        return 0
 
 
 def fit_dimension(vectors: np.ndarray, dim: int) -> np.ndarray:

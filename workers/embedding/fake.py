@@ -9,29 +9,36 @@ import re
 
 import numpy as np
 
-from workers.embedding.base import Encoder
+from workers.embedding.base import Encoder, fit_dimension
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_END = 0  # stands for the special token a real tokenizer appends
+
+
+def word_id(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little") | 1
 
 
 class FakeEncoder(Encoder):
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self._vector(text) for text in texts]) if texts else self._empty()
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [[word_id(word) for word in _WORD.findall(text.lower())] + [_END] for text in texts]
+
+    def collate(self, ids: list[list[int]]) -> list[list[int]]:
+        return ids
+
+    def forward(self, batch: list[list[int]], dim: int) -> np.ndarray:
+        if not batch:
+            return np.zeros((0, dim), dtype=np.float32)
+        return fit_dimension(np.stack([self._vector(ids) for ids in batch]), dim)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.encode_documents(texts)
 
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, self.info.dim), dtype=np.float32)
-
-    def _vector(self, text: str) -> np.ndarray:
+    def _vector(self, ids: list[int]) -> np.ndarray:
         vector = np.zeros(self.info.dim, dtype=np.float32)
-        for word in _WORD.findall(text.lower()):
-            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self.info.dim
-            vector[bucket] += 1.0 if digest[4] & 1 else -1.0
-        norm = np.linalg.norm(vector)
-        if norm == 0:
+        for token in ids:
+            if token != _END:
+                vector[(token >> 8) % self.info.dim] += 1.0 if token & 2 else -1.0
+        if not vector.any():
             vector[0] = 1.0
-            return vector
-        return vector / norm
+        return vector

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from workers.errors import ConfigError
 
-FAKE_PREFIX = "fake"
+# `fake[:DIM]`: hashed bag of words (tests). `null[:DIM]`: constant vectors at no cost (benchmarks).
+TEST_MODELS = ("fake", "null")
 FAKE_DEFAULT_DIM = 64
 FAKE_MAX_SEQ = 8192
 # Longer than any real context window: tokenizer configs use 1e30 to mean "unset".
@@ -29,8 +30,12 @@ class ModelInfo:
     query_prompt: str = ""
 
     @property
-    def is_fake(self) -> bool:
+    def is_test_model(self) -> bool:
         return self.path is None
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(":")[0] if self.is_test_model else "sentence-transformers"
 
     @property
     def is_hub_id(self) -> bool:
@@ -43,10 +48,10 @@ class ModelInfo:
 
 @cache
 def resolve_model(name: str) -> ModelInfo:
-    """Describe `name`: `fake[:DIM]`, a local sentence-transformers directory, or a hub id."""
-    fake = re.fullmatch(rf"{FAKE_PREFIX}(?::(\d+))?", name)
-    if fake:
-        dim = int(fake.group(1) or FAKE_DEFAULT_DIM)
+    """Describe `name`: `fake[:DIM]`, `null[:DIM]`, a local sentence-transformers directory, or a hub id."""
+    test_model = re.fullmatch(rf"(?:{'|'.join(TEST_MODELS)})(?::(\d+))?", name)
+    if test_model:
+        dim = int(test_model.group(1) or FAKE_DEFAULT_DIM)
         return ModelInfo(name=name, path=None, dim=dim, max_seq_length=FAKE_MAX_SEQ)
     path = _local_dir(name)
     return ModelInfo(

@@ -1,18 +1,21 @@
 """sentence-transformers encoder: the model's own pooling, normalisation and prompts.
 
 bf16 with SDPA attention on CUDA, fp32 elsewhere. Qwen3-Embedding's config gives last-token
-pooling and left padding; sentence-transformers honours both.
+pooling and left padding; sentence-transformers' modules apply both in `forward`. Tokenizing,
+padding and the forward pass are separate steps so a worker can overlap them.
 """
 
 import logging
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
 from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo
+from workers.errors import DeviceOutOfMemory
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +32,52 @@ def pick_device(device: str) -> str:
 
 
 class SentenceTransformerEncoder(Encoder):
-    def __init__(self, info: ModelInfo, device: str = "auto"):
+    def __init__(self, info: ModelInfo, device: str = "auto", dtype: torch.dtype | None = None):
         super().__init__(info)
         self.device = pick_device(device)
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.on_cuda = self.device.startswith("cuda")
+        self.dtype = dtype or (torch.bfloat16 if self.on_cuda else torch.float32)
         # A hub id lets sentence-transformers fetch the weights; model_info fetched only the configs.
         source = info.name if info.is_hub_id else str(info.path)
-        log.info("loading %s on %s (%s)", info.name, self.device, dtype)
+        log.info("loading %s on %s (%s)", info.name, self.device, self.dtype)
         transformers_logging.disable_progress_bar()
         self.model = SentenceTransformer(
-            source, device=self.device, model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"}
+            source, device=self.device, model_kwargs={"dtype": self.dtype, "attn_implementation": "sdpa"}
         )
         self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        self.max_length = self.model.max_seq_length
 
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        return self._encode(texts, prompt=None)
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)
+        return encoded["input_ids"]
 
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return self._encode(texts, prompt=self.info.query_prompt or None)
+    def collate(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        features = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        if self.on_cuda:
+            features = {name: tensor.pin_memory() for name, tensor in features.items()}
+        return dict(features)
 
     @torch.inference_mode()
-    def _encode(self, texts: list[str], prompt: str | None) -> np.ndarray:
-        vectors = self.model.encode(
-            texts,
-            prompt=prompt,
-            batch_size=max(1, len(texts)),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+    def forward(self, batch: dict[str, torch.Tensor], dim: int) -> np.ndarray:
+        try:
+            on_device = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
+            pooled = self.model.forward(on_device)["sentence_embedding"][:, :dim]
+            return F.normalize(pooled.float(), dim=-1).cpu().numpy()
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(f"CUDA out of memory on a batch of {batch['input_ids'].shape}") from err
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            vectors = self.model.encode(
+                texts,
+                prompt=self.info.query_prompt or None,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
+
+    def peak_memory_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device) if self.on_cuda else 0

@@ -31,6 +31,12 @@ class TokenCounter:
             return [len(_WORD.findall(text)) + 1 for text in texts]
         return [len(enc.ids) for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
 
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens (word hashes for the word counter)."""
+        if self._tokenizer is None:
+            return [[hash(word) & 0xFFFF for word in _WORD.findall(text)] + [0] for text in texts]
+        return [enc.ids for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
+
     def split(self, text: str, max_tokens: int) -> list[str]:
         """Cut `text` into pieces of at most `max_tokens` tokens (special tokens counted), at token edges."""
         room = max(1, max_tokens - self.special_tokens)
