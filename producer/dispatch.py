@@ -33,11 +33,11 @@ class CeleryDispatcher:
     def __init__(self, settings: FleetSettings):
         from workers.celery_app import create_app
 
-        self._app = create_app(settings)
+        self.app = create_app(settings)
 
     def send(self, tasks: list[EmbedTask]) -> None:
         for task in tasks:
-            self._app.send_task(EMBED_TASK, kwargs=task.to_kwargs(), queue=EMBED_QUEUE)
+            self.app.send_task(EMBED_TASK, kwargs=task.to_kwargs(), queue=EMBED_QUEUE)
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         totals = [progress.progress(conn, version.id) for version in versions]

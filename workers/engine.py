@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 FORWARD_QUEUE = 4
 SINK_QUEUE = 8
 SINK_ROWS = 2048
+# Chunks claimed together: a few batches' worth, so tasks finish (and new ones arrive) steadily.
+CLAIM_CHUNKS = 256
 MIN_BUDGET_TOKENS = 512
 
 
@@ -163,11 +165,10 @@ class EmbedEngine:
         yield from groups
 
     def _collect(self, first: Job) -> list[Job]:
-        """`first` and the tasks arriving within collect_ms, up to a few batches' worth of chunks."""
+        """`first` and the tasks arriving within collect_ms, up to CLAIM_CHUNKS chunks."""
         jobs = [first]
         deadline = time.monotonic() + self.settings.collect_ms / 1000
-        wanted = 4 * self.settings.worker_concurrency * self.settings.task_chunks
-        while sum(len(job.task.chunk_ids) for job in jobs) < wanted:
+        while sum(len(job.task.chunk_ids) for job in jobs) < CLAIM_CHUNKS:
             try:
                 job = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:

@@ -25,12 +25,12 @@ class FleetSettings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="Hub id or local sentence-transformers directory.")
     embed_dim: int | None = Field(None, ge=1, description="Vector size; unset: the model's own.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded).")
+    batch_tokens: int = Field(32768, ge=64, description="Token budget of one forward pass (padded).")
 
     chunk_min_tokens: int = Field(500, ge=1)
     chunk_max_tokens: int = Field(1000, ge=16)
-    task_chunks: int = Field(16, ge=1, description="Chunks carried by one embed task.")
-    worker_concurrency: int = Field(8, ge=1, description="Tasks a worker holds at once to fill batches.")
+    task_chunks: int = Field(32, ge=1, description="Chunks carried by one embed task.")
+    worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")
     collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
     max_attempts: int = Field(5, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -5,7 +5,9 @@
 # torch comes from the base image (a CUDA build); pip must not replace it with another build,
 # so every install below is constrained to the exact torch version the base ships.
 # The model is not baked in: HF_HOME=/models is a volume, filled on first start and shared.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# Base: CUDA 12.8 runs on Ampere, Hopper and Blackwell; a recent torch keeps current
+# transformers / sentence-transformers releases (which drop old torch versions) usable.
+FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -1,0 +1,135 @@
+"""What both benchmarks need: a corpus of real-sized chunks, a scratch database, Milvus Lite
+as a server, and the index version rows that the worker path writes to."""
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from producer.chunking import Chunk, ChunkLimits, chunk_text  # noqa: E402
+from producer.documents import Document  # noqa: E402
+from producer.registry import register  # noqa: E402
+from tests.textgen import document  # noqa: E402
+from workers.access import AccessLevel  # noqa: E402
+from workers.constants import STATE_BUILDING  # noqa: E402
+from workers.embedding.model_info import ModelInfo  # noqa: E402
+from workers.embedding.tokenizer import load_token_counter  # noqa: E402
+from workers.settings import FleetSettings  # noqa: E402
+from workers.stores import catalog, milvus, postgres  # noqa: E402
+from workers.stores.catalog import IndexVersion  # noqa: E402
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def make_chunks(info: ModelInfo, count: int) -> list[str]:
+    """`count` chunks cut by our chunker from Vietnamese and English documents: 500–1000 tokens each
+    (fewer for a model with a shorter window)."""
+    counter = load_token_counter(info)
+    limits = ChunkLimits(min(500, info.max_seq_length // 2), min(1000, info.max_seq_length))
+    chunks: list[str] = []
+    seed = 0
+    while len(chunks) < count:
+        text = document("vi" if seed % 2 else "en", 60, seed=seed)
+        chunks += [chunk.text for chunk in chunk_text(text, counter, limits)[:-1]]  # the tail may be short
+        seed += 1
+    return chunks[:count]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def milvus_server() -> Iterator[str]:
+    """A Milvus Lite server process on a free port, in a scratch directory."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as data_dir:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                data_dir,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the Milvus Lite server did not start")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@contextmanager
+def scratch_database(admin_url: str = DEFAULT_PG) -> Iterator[str]:
+    """A fresh database on the Postgres server, dropped afterwards."""
+    name = f"fleet_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def load_chunks(settings: FleetSettings, texts: list[str], counter_info: ModelInfo) -> list[str]:
+    """Register `texts` as chunks of synthetic documents (no index version yet); returns chunk ids."""
+    counter = load_token_counter(counter_info)
+    counts = counter.count(texts)
+    ids: list[str] = []
+    with closing(postgres.connect(settings, migrate=True)) as conn:
+        for start in range(0, len(texts), 100):
+            doc = Document(f"bench/{start:06d}.md", "", AccessLevel(start // 100 % 4), uuid.uuid4().hex)
+            chunks = [
+                Chunk(text, count)
+                for text, count in zip(texts[start : start + 100], counts[start : start + 100], strict=True)
+            ]
+            ids += register(conn, doc, chunks, []).added
+    return ids
+
+
+def new_version(settings: FleetSettings, model: str, dim: int, chunk_ids: list[str]) -> IndexVersion:
+    """A building index version with its collection, every chunk pending for it."""
+    with closing(postgres.connect(settings)) as conn:
+        version = catalog.create_version(conn, model, dim, STATE_BUILDING)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO chunk_embeddings (index_version_id, chunk_id) VALUES (%s, %s)",
+                [(version.id, chunk_id) for chunk_id in chunk_ids],
+            )
+    milvus.ensure_collection(milvus.connect(settings), version.collection, dim)
+    return version
+
+
+def pending(settings: FleetSettings, version_id: int) -> int:
+    with closing(postgres.connect(settings)) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM chunk_embeddings WHERE index_version_id = %s AND embedded_at IS NULL",
+            (version_id,),
+        ).fetchone()
+    return count
