@@ -1,7 +1,8 @@
 """The batch planner: a pure function from token lengths to batches under a token budget.
 
-A padded batch costs `longest × count` tokens of compute (TEI's cost model), so items are
-sorted by length and packed, longest first, while that product stays within the budget.
+A padded batch costs `longest × count` tokens of compute (TEI's cost model); a packed batch
+(sequences concatenated, varlen attention) costs the sum of its lengths. Items are sorted by
+length and packed, longest first, while the cost stays within the budget.
 """
 
 from collections.abc import Sequence
@@ -9,8 +10,8 @@ from collections.abc import Sequence
 from workers.errors import ChunkTooLong
 
 
-def plan_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices of `lengths` grouped into batches whose padded cost stays within `budget`."""
+def plan_batches(lengths: Sequence[int], budget: int, packed: bool = False) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches whose cost stays within `budget`."""
     too_long = [index for index, length in enumerate(lengths) if length > budget]
     if too_long:
         raise ChunkTooLong(
@@ -19,10 +20,17 @@ def plan_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
         )
     order = sorted(range(len(lengths)), key=lambda index: lengths[index], reverse=True)
     batches: list[list[int]] = []
+    total = 0  # tokens in the open batch
     for index in order:
-        # Sorted longest first, so a batch's first item is its longest: its padded width.
-        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+        if batches and _cost(lengths[batches[-1][0]], len(batches[-1]) + 1, total + lengths[index], packed) <= budget:
             batches[-1].append(index)
+            total += lengths[index]
         else:
             batches.append([index])
+            total = lengths[index]
     return batches
+
+
+def _cost(longest: int, count: int, total: int, packed: bool) -> int:
+    # Sorted longest first, so a batch's first item is its longest: its padded width.
+    return total if packed else longest * count

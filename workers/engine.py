@@ -218,7 +218,7 @@ class EmbedEngine:
                 f"longer than the batch budget of {budget} tokens: raise FLEET_BATCH_TOKENS",
             )
         keep = [i for i in range(len(ids)) if i not in too_long]
-        for batch in plan_batches([len(ids[i]) for i in keep], budget):
+        for batch in plan_batches([len(ids[i]) for i in keep], budget, packed=encoder.packs_sequences):
             members = [keep[i] for i in batch]
             batch_ids = [ids[i] for i in members]
             yield Batch(group.version, [group.chunks[i] for i in members], batch_ids, encoder.collate(batch_ids))
@@ -234,7 +234,8 @@ class EmbedEngine:
         try:
             vectors = encoder.forward(batch.features, batch.version.dim)
         except DeviceOutOfMemory as err:
-            self.budget = max(MIN_BUDGET_TOKENS, int(min(self.budget, batch.padded_tokens) * 0.75))
+            cost = batch.tokens if encoder.packs_sequences else batch.padded_tokens
+            self.budget = max(MIN_BUDGET_TOKENS, int(min(self.budget, cost) * 0.75))
             log.warning("%s; batch budget now %d tokens", err, self.budget)
             if len(batch.chunks) == 1:
                 yield Failed(batch.version, [batch.chunks[0].id], "oom", f"does not fit on the device alone: {err}")

@@ -31,3 +31,17 @@ def test_every_item_once_and_padded_cost_within_budget():
 def test_item_longer_than_budget_is_a_typed_error():
     with pytest.raises(ChunkTooLong, match="FLEET_BATCH_TOKENS"):
         plan_batches([10, 2000], 1024)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "budget", "expected"),
+    [
+        ([10, 10, 10], 30, [[0, 1, 2]]),
+        ([5, 50, 20, 50], 100, [[1, 3], [2, 0]]),
+        # packed: the sum counts, so short items fill what padding would have wasted
+        ([100, 1, 1, 1], 103, [[0, 1, 2, 3]]),
+        ([60, 30, 30, 10], 70, [[0], [1, 2, 3]]),
+    ],
+)
+def test_packed_batches_cost_the_sum_of_lengths(lengths, budget, expected):
+    assert plan_batches(lengths, budget, packed=True) == expected

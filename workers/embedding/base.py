@@ -17,6 +17,9 @@ from workers.errors import ConfigError
 class Encoder(ABC):
     """Turns texts into unit vectors (float32 rows)."""
 
+    # True when a batch is one flat sequence (varlen attention): it costs the sum of its lengths.
+    packs_sequences = False
+
     def __init__(self, info: ModelInfo):
         self.info = info
 
