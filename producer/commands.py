@@ -6,9 +6,9 @@ from pathlib import Path
 from producer import ingest as ingesting
 from producer import search as searching
 from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, make_tasks
+from producer.index import serving_version
 from workers.access import AccessLevel
-from workers.embedding import load_encoder, resolve_model
-from workers.errors import InvalidInput
+from workers.embedding import resolve_model
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres, progress
 
@@ -47,13 +47,11 @@ def status(settings: FleetSettings) -> dict:
 
 def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) -> list[searching.SearchHit]:
     with closing(postgres.connect(settings)) as conn:
-        live = catalog.live_version(conn)
-        if live is None:
-            raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")
         client = milvus.connect(settings)
-        milvus.ensure_loaded(client, live.collection)
-        encoder = load_encoder(live.model, settings.device)
-        return searching.search(conn, client, encoder, live, query, level, top_k)
+        version = serving_version(conn, client)
+        milvus.ensure_loaded(client, version.collection)
+        encoder = searching.encoder_for(version.model, settings.device)
+        return searching.search(conn, client, encoder, version, query, level, top_k)
 
 
 def retry(settings: FleetSettings, include_pending: bool) -> int:

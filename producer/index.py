@@ -1,40 +1,60 @@
-"""The index versions the producer writes to, and the check that its model matches the live one."""
+"""The live index version: created on first use, and the model everything is chunked for.
+
+Once an index exists, its model decides: chunks are sized by the live model's tokenizer, and a
+different FLEET_MODEL only warns (a re-index, `migrate reindex`, moves the index to it).
+"""
+
+import logging
 
 import psycopg
 from pymilvus import MilvusClient
 
 from workers.constants import STATE_LIVE
 from workers.embedding.model_info import ModelInfo
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InvalidInput
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus
 from workers.stores.catalog import IndexVersion
 
+log = logging.getLogger(__name__)
 
-def target_dim(settings: FleetSettings, info: ModelInfo) -> int:
-    """FLEET_EMBED_DIM, or the model's own dimension; larger than the model's is an error."""
-    dim = settings.embed_dim or info.dim
+
+def target_dim(dim: int | None, info: ModelInfo) -> int:
+    """`dim`, or the model's own dimension; larger than the model's is an error."""
+    dim = dim or info.dim
     if dim > info.dim:
-        raise ConfigError(f"FLEET_EMBED_DIM={dim} exceeds the {info.dim} dimensions of {info.name}")
+        raise ConfigError(f"dimension {dim} exceeds the {info.dim} dimensions of {info.name}")
     return dim
 
 
 def ensure_live_version(
     conn: psycopg.Connection, client: MilvusClient, settings: FleetSettings, info: ModelInfo
-) -> IndexVersion:
-    """The live version, created with its collection and alias on first use.
-
-    The configured model must be the live version's: chunks are sized by its tokenizer.
-    """
-    dim = target_dim(settings, info)
+) -> tuple[IndexVersion, str | None]:
+    """The live version (created with its collection and alias on first use), and a warning
+    when the settings name another model or dimension than it has."""
     live = catalog.live_version(conn)
     if live is None:
-        live = catalog.create_version(conn, settings.model, dim, STATE_LIVE)
-    if (live.model, live.dim) != (settings.model, dim):
-        raise ConfigError(
-            f"the live index uses model {live.model!r} at {live.dim} dims, but FLEET_MODEL={settings.model!r} "
-            f"at {dim}: set FLEET_MODEL and FLEET_EMBED_DIM to the live index's (a re-index moves it to another model)"
+        live = catalog.create_version(conn, settings.model, target_dim(settings.embed_dim, info), STATE_LIVE)
+    warning = None
+    if live.model != settings.model or (settings.embed_dim and settings.embed_dim != live.dim):
+        warning = (
+            f"the live index uses model {live.model!r} at {live.dim} dims; FLEET_MODEL/FLEET_EMBED_DIM name "
+            f"{settings.model!r} at {settings.embed_dim or 'its own'} dims: chunking for the live model "
+            "(run `migrate reindex` to move the index)"
         )
     milvus.ensure_collection(client, live.collection, live.dim)
-    milvus.point_live_alias(client, live.collection)
-    return live
+    if milvus.alias_target(client) is None:
+        milvus.point_live_alias(client, live.collection)
+    return live, warning
+
+
+def serving_version(conn: psycopg.Connection, client: MilvusClient) -> IndexVersion:
+    """The version behind the alias `chunks`: its collection, and the model that embeds its queries.
+
+    Read from the alias itself, so that a search during a cutover uses one consistent pair.
+    """
+    collection = milvus.alias_target(client)
+    version = catalog.version_by_collection(conn, collection) if collection else None
+    if version is None:
+        raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")
+    return version

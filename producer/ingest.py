@@ -18,7 +18,7 @@ from producer.documents import Rejection, find_files, read_document
 from producer.index import ensure_live_version
 from producer.registry import register
 from workers.access import AccessLevel
-from workers.embedding.model_info import ModelInfo
+from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.embedding.tokenizer import load_token_counter
 from workers.errors import InvalidInput
 from workers.settings import FleetSettings
@@ -77,12 +77,14 @@ def ingest(
     if not root.exists():
         raise InvalidInput(f"{root} does not exist: give a folder or file of .md, .markdown or .txt documents")
     report = IngestReport()
+    live, mismatch = ensure_live_version(conn, client, settings, info)
+    info = resolve_model(live.model)
     counter = load_token_counter(info)
-    limits, warning = chunk_limits(settings, info)
-    if warning:
-        log.warning(warning)
-        report.warnings.append(warning)
-    ensure_live_version(conn, client, settings, info)
+    limits, too_short = chunk_limits(settings, info)
+    for warning in (mismatch, too_short):
+        if warning:
+            log.warning(warning)
+            report.warnings.append(warning)
     versions = catalog.active_versions(conn)
     in_process = isinstance(dispatcher, InProcessDispatcher)
     for path in find_files(root):

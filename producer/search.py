@@ -1,12 +1,13 @@
 """`producer search`: embed the query with the live index's model, search as an access level."""
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import psycopg
 from pymilvus import MilvusClient
 
 from workers.access import AccessLevel
-from workers.embedding import Encoder
+from workers.embedding import Encoder, load_encoder
 from workers.embedding.base import fit_dimension
 from workers.errors import InvalidInput
 from workers.stores import milvus
@@ -26,6 +27,12 @@ class SearchHit:
         return asdict(self)
 
 
+@lru_cache(maxsize=2)
+def encoder_for(model: str, device: str) -> Encoder:
+    """Query encoders stay loaded: a process that searches often (eval, a server) loads each once."""
+    return load_encoder(model, device)
+
+
 def search(
     conn: psycopg.Connection,
     client: MilvusClient,
@@ -41,7 +48,7 @@ def search(
     if top_k < 1:
         raise InvalidInput(f"--top-k must be at least 1, not {top_k}")
     vector = fit_dimension(encoder.encode_queries([query]), version.dim)[0]
-    hits = milvus.search(client, vector, level, top_k)
+    hits = milvus.search(client, version.collection, vector, level, top_k)
     rows = _chunk_rows(conn, [hit.chunk_id for hit in hits])
     results = []
     for hit in hits:

@@ -7,7 +7,7 @@ import pytest
 from producer import commands
 from tests.integration.conftest import CORPUS, write_corpus
 from workers.access import AccessLevel
-from workers.errors import ConfigError, InvalidInput
+from workers.errors import InvalidInput
 from workers.stores import catalog, milvus, postgres, progress
 
 
@@ -119,12 +119,16 @@ def test_default_level_applies_to_files_without_one(settings, tmp_path):
     assert commands.search(settings, "parking garage", AccessLevel.employee_only, 5)[0].source_path == "memo.txt"
 
 
-def test_a_model_other_than_the_live_index_is_refused(settings, make_settings, migrated_url, tmp_path):
+def test_another_configured_model_warns_and_chunks_for_the_live_one(settings, make_settings, migrated_url, tmp_path):
     docs = write_corpus(tmp_path / "docs")
     commands.ingest(settings, docs, None, wait=False)
-    other = make_settings(database_url=migrated_url, model="fake:32")
-    with pytest.raises(ConfigError, match="live index uses model 'fake:64'"):
-        commands.ingest(other, docs, None, wait=False)
+    (docs / "new.md").write_text("---\naccess_level: public\n---\nA new memo about parking.")
+    other = make_settings(database_url=migrated_url, model="fake:32", chunk_min_tokens=60, chunk_max_tokens=120)
+    report = commands.ingest(other, docs, None, wait=False)
+    assert "live index uses model 'fake:64'" in report.warnings[0]
+    assert report.documents_new == 1
+    assert commands.status(other)["index"]["dim"] == 64
+    assert commands.search(other, "memo about parking", AccessLevel.public, 1)[0].source_path == "new.md"
 
 
 def test_missing_path_and_empty_query_are_clear_errors(settings, tmp_path):

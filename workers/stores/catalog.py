@@ -30,6 +30,16 @@ def get_version(conn: psycopg.Connection, version_id: int) -> IndexVersion | Non
         return cur.execute(f"SELECT {_COLUMNS} FROM index_versions WHERE id = %s", (version_id,)).fetchone()
 
 
+def version_by_collection(conn: psycopg.Connection, collection: str) -> IndexVersion | None:
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM index_versions WHERE collection = %s", (collection,)).fetchone()
+
+
+def all_versions(conn: psycopg.Connection) -> list[IndexVersion]:
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM index_versions ORDER BY id").fetchall()
+
+
 def active_versions(conn: psycopg.Connection) -> list[IndexVersion]:
     """The versions new chunks must be written to: the live one and any being built."""
     with conn.cursor(row_factory=class_row(IndexVersion)) as cur:

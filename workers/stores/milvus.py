@@ -70,14 +70,20 @@ def ensure_collection(client: MilvusClient, name: str, dim: int) -> None:
     log.info("created Milvus collection %s (dim %d)", name, dim)
 
 
+def alias_target(client: MilvusClient) -> str | None:
+    """The collection the alias `chunks` points at, or None before the first index."""
+    if LIVE_ALIAS not in client.list_aliases().get("aliases", []):
+        return None
+    return client.describe_alias(LIVE_ALIAS).get("collection_name")
+
+
 def point_live_alias(client: MilvusClient, collection: str) -> None:
     """Point the alias `chunks` at `collection` (one atomic switch when it already exists)."""
-    aliases = client.list_aliases().get("aliases", [])
-    if LIVE_ALIAS in aliases:
-        if client.describe_alias(LIVE_ALIAS).get("collection_name") != collection:
-            client.alter_alias(collection_name=collection, alias=LIVE_ALIAS)
-    else:
+    current = alias_target(client)
+    if current is None:
         client.create_alias(collection_name=collection, alias=LIVE_ALIAS)
+    elif current != collection:
+        client.alter_alias(collection_name=collection, alias=LIVE_ALIAS)
 
 
 def ensure_loaded(client: MilvusClient, collection: str) -> None:
@@ -115,11 +121,11 @@ def count(client: MilvusClient, collection: str) -> int:
     return int(result[0]["count(*)"])
 
 
-def search(client: MilvusClient, vector: np.ndarray, level: AccessLevel, top_k: int) -> list[Hit]:
-    """Nearest chunks through the live alias, filtered inside Milvus to levels <= `level`."""
+def search(client: MilvusClient, collection: str, vector: np.ndarray, level: AccessLevel, top_k: int) -> list[Hit]:
+    """Nearest chunks in `collection`, filtered inside Milvus to levels <= `level`."""
     # The filter is built from a validated enum's integer: no user text reaches it.
     results = client.search(
-        LIVE_ALIAS,
+        collection,
         data=[vector.tolist()],
         limit=top_k,
         filter=f"access_level <= {int(level)}",
