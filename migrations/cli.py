@@ -1,38 +1,156 @@
-"""The `migrate` command: `migrate db` applies the Postgres schema."""
+"""The `migrate` command: the Postgres schema, and blue-green re-indexing of the vectors.
+
+migrate db                       apply the numbered SQL files not applied yet
+migrate reindex --model M [...]  build a new index version, verify, gate, cut over
+migrate status                   index versions with state, progress and ETA
+migrate rollback                 point the alias back at the previous version
+migrate cleanup --yes            drop retired versions' collections
+"""
 
 import argparse
 import json
 import sys
-from contextlib import closing
+from collections.abc import Callable
+from pathlib import Path
 
-from migrations import runner
 from workers.errors import FleetError
 from workers.logs import configure_logging
 from workers.settings import FleetSettings
-from workers.stores import postgres
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="migrate", description="Schema and index migrations.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    db = commands.add_parser("db", help="apply the numbered SQL files of migrations/ not applied yet")
-    db.add_argument("--json", action="store_true", help="print one JSON document")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = FleetSettings()
         configure_logging(settings.log_level)
-        with closing(postgres.open_connection(settings)) as conn:
-            applied = runner.apply(conn)
-            (current,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return args.run(args, settings)
     except FleetError as err:
         print(f"migrate {args.command}: error: {err}", file=sys.stderr)
         return 2
-    names = [f"{m.version:04d}_{m.name}" for m in applied]
-    if args.json:
-        print(json.dumps({"applied": names, "schema_version": current}))
-    else:
-        print(f"applied {', '.join(names)}" if names else "schema up to date", f"(version {current})")
+    except KeyboardInterrupt:
+        print(f"migrate {args.command}: interrupted; run it again to carry on where it stopped", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _command(commands, "db", "apply the numbered SQL files of migrations/ not applied yet", _run_db)
+
+    reindex = _command(commands, "reindex", "re-embed everything with another model or dimension", _run_reindex)
+    reindex.add_argument("--model", required=True, help="hub id or model directory of the new index")
+    reindex.add_argument("--dim", type=int, help="dimension of the new index (default: the model's)")
+    reindex.add_argument("--dry-run", action="store_true", help="print the plan: chunks, tokens, time, storage")
+    reindex.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")
+    reindex.add_argument("--max-regression", type=float, default=0.02, help="MRR drop that refuses cutover")
+    reindex.add_argument("--no-cutover", action="store_true", help="build and verify, leave the alias as it is")
+    reindex.add_argument("--force", action="store_true", help="cut over despite a failed check or quality gate")
+
+    _command(commands, "status", "index versions: state, embedded/total, ETA", _run_status)
+    _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
+    cleanup = _command(commands, "cleanup", "drop the collections of retired index versions", _run_cleanup)
+    cleanup.add_argument("--yes", action="store_true", help="confirm: rollback to them is no longer possible")
+    return parser
+
+
+def _command(commands, name: str, help_text: str, run: Callable) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _emit(args: argparse.Namespace, payload: object, human: str) -> int:
+    print(json.dumps(payload, ensure_ascii=False, indent=2) if args.json else human)
     return 0
+
+
+def _run_db(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    result = commands.migrate_db(settings)
+    names = ", ".join(result["applied"])
+    return _emit(
+        args, result, f"{'applied ' + names if names else 'schema up to date'} (version {result['schema_version']})"
+    )
+
+
+def _run_reindex(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    report = commands.run_reindex(
+        settings, args.model, args.dim, args.dry_run, args.eval, not args.no_cutover, args.force, args.max_regression
+    )
+    return _emit(args, report, _describe_reindex(report))
+
+
+def _describe_reindex(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"plan: {plan['chunks']} chunks, {plan['tokens']} tokens of {plan['model']} at {plan['dim']} dims; "
+        f"about {plan['estimated_seconds']:.0f}s ({plan['estimate_basis']}); "
+        f"new collection about {plan['storage_bytes'] / 2**20:.1f} MiB",
+        *plan["warnings"],
+    ]
+    if "backfill" in report:
+        fill = report["backfill"]
+        lines.append(
+            f"built {report['green']['name']}: {fill['chunks']} chunks in {fill['seconds']:.1f}s "
+            f"({fill['chunks_per_s']:.1f} chunks/s)"
+        )
+    for name, result in report.get("eval", {}).items():
+        if isinstance(result, dict):
+            lines.append(
+                f"{name}: MRR {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
+            )
+    if report["cutover"]:
+        lines.append(f"cut over: the alias `chunks` now serves {report['green']['name']}")
+    elif "green" in report:
+        lines.append(f"not cut over: {report['green']['name']} is built; `migrate reindex` again without --no-cutover")
+    return "\n".join(lines)
+
+
+def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    versions = commands.status(settings)
+    lines = [
+        f"{v['name']:12s} {v['state']:9s} {v['embedded']}/{v['total']} embedded, {v['failed']} failed, "
+        f"eta {_seconds(v['eta_s'])}  {v['model']} ({v['dim']} dims)"
+        for v in versions
+    ]
+    return _emit(args, versions, "\n".join(lines) or "no index versions yet")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def _run_rollback(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    result = commands.rollback(settings)
+    return _emit(args, result, f"the alias `chunks` serves {result['to']} again (was {result['from']})")
+
+
+def _run_cleanup(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    retired = [v["name"] for v in commands.status(settings) if v["state"] == "retired"]
+    if retired and not args.yes and not _confirm(f"drop {', '.join(retired)} for good (no rollback to them)?"):
+        print("migrate cleanup: error: not confirmed; pass --yes to drop retired collections", file=sys.stderr)
+        return 2
+    dropped = commands.cleanup(settings)
+    return _emit(args, {"dropped": dropped}, f"dropped {', '.join(dropped)}" if dropped else "nothing to drop")
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 if __name__ == "__main__":

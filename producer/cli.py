@@ -1,4 +1,4 @@
-"""The `producer` command: ingest, status, search, retry.
+"""The `producer` command: ingest, status, search, eval, retry.
 
 Settings are read once here. torch is imported only by commands that embed in this process
 (`ingest` without a broker, `search`).
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--level", type=_level, required=True, help=f"reader's level: {', '.join(AccessLevel.names())}")
     search.add_argument("--top-k", type=int, default=5)
     _add_json(search, _run_search)
+
+    evaluate = commands.add_parser("eval", help="MRR@10, Hit@1 and Hit@5 of the live index on labelled queries")
+    evaluate.add_argument("file", type=Path, help='JSON lines of {"query", "level", "expected_document"}')
+    _add_json(evaluate, _run_eval)
 
     retry = commands.add_parser("retry", help="embed again the chunks recorded as failed")
     retry.add_argument("--pending", action="store_true", help="also re-send chunks still pending (lost tasks)")
@@ -129,6 +133,21 @@ def _print_hits(hits) -> None:
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:160]
         print(f"{rank}. {hit.score:.3f}  {hit.source_path}  [{hit.access_level}]\n   {snippet}")
+
+
+def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import commands
+
+    result = commands.evaluate_live(settings, args.file)
+    _print(
+        args,
+        result,
+        lambda: print(
+            f"{result['index']} ({result['model']}, {result['dim']} dims) on {result['queries']} queries: "
+            f"MRR@10 {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
+        ),
+    )
+    return 0
 
 
 def _run_retry(args: argparse.Namespace, settings: FleetSettings) -> int:

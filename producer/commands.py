@@ -5,7 +5,8 @@ from pathlib import Path
 
 from producer import ingest as ingesting
 from producer import search as searching
-from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, make_tasks
+from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, make_tasks, send_pending
+from producer.evaluate import evaluate, load_cases
 from producer.index import serving_version
 from workers.access import AccessLevel
 from workers.embedding import resolve_model
@@ -13,7 +14,7 @@ from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres, progress
 
 
-def _dispatcher(settings: FleetSettings) -> Dispatcher:
+def dispatcher_for(settings: FleetSettings) -> Dispatcher:
     return CeleryDispatcher(settings) if settings.uses_broker else InProcessDispatcher(settings)
 
 
@@ -21,7 +22,7 @@ def ingest(settings: FleetSettings, path: Path, level: AccessLevel | None, wait:
     info = resolve_model(settings.model)
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
-        dispatcher = _dispatcher(settings)
+        dispatcher = dispatcher_for(settings)
         report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher)
         if wait or not settings.uses_broker:
             dispatcher.wait(conn, catalog.active_versions(conn))
@@ -57,15 +58,26 @@ def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) 
 def retry(settings: FleetSettings, include_pending: bool) -> int:
     """Send failed (and, if asked, pending) chunks of the active versions to be embedded again."""
     with closing(postgres.connect(settings)) as conn:
-        dispatcher = _dispatcher(settings)
+        dispatcher = dispatcher_for(settings)
         versions = catalog.active_versions(conn)
         sent = 0
         for version in versions:
-            chunk_ids = progress.retry_failed(conn, version.id)
+            failed = progress.retry_failed(conn, version.id)
             if include_pending or not settings.uses_broker:
-                chunk_ids = progress.pending_chunk_ids(conn, version.id)
-            dispatcher.send(make_tasks(version.id, chunk_ids, settings.task_chunks))
-            sent += len(chunk_ids)
+                sent += send_pending(dispatcher, conn, version, settings.task_chunks)
+            else:
+                dispatcher.send(make_tasks(version.id, failed, settings.task_chunks))
+                sent += len(failed)
         if not settings.uses_broker:
             dispatcher.wait(conn, versions)
         return sent
+
+
+def evaluate_live(settings: FleetSettings, eval_file: Path) -> dict:
+    """MRR@10, Hit@1 and Hit@5 of the index behind the alias on the cases in `eval_file`."""
+    cases = load_cases(eval_file)
+    with closing(postgres.connect(settings)) as conn:
+        client = milvus.connect(settings)
+        version = serving_version(conn, client)
+        milvus.ensure_loaded(client, version.collection)
+        return evaluate(conn, client, version, cases, settings.device)

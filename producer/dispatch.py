@@ -27,6 +27,13 @@ def make_tasks(version_id: int, chunk_ids: list[str], size: int) -> list[EmbedTa
     return [EmbedTask(version_id, chunk_ids[start : start + size]) for start in range(0, len(chunk_ids), size)]
 
 
+def send_pending(dispatcher: Dispatcher, conn: psycopg.Connection, version: IndexVersion, task_chunks: int) -> int:
+    """Send every chunk still pending for `version`; returns how many."""
+    pending = progress.pending_chunk_ids(conn, version.id)
+    dispatcher.send(make_tasks(version.id, pending, task_chunks))
+    return len(pending)
+
+
 class CeleryDispatcher:
     """Enqueue on the broker; `wait` polls Postgres until nothing is pending."""
 

@@ -13,7 +13,7 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.chunking import ChunkLimits, chunk_text
-from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks
+from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks, send_pending
 from producer.documents import Rejection, find_files, read_document
 from producer.index import ensure_live_version
 from producer.registry import register
@@ -22,7 +22,7 @@ from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.embedding.tokenizer import load_token_counter
 from workers.errors import InvalidInput
 from workers.settings import FleetSettings
-from workers.stores import catalog, milvus, progress
+from workers.stores import catalog, milvus
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,16 @@ def ingest(
         registration = register(conn, document, chunks, [version.id for version in versions])
         report.count(registration.status)
         report.chunks_removed += len(registration.removed)
-        for version in versions:
-            if registration.removed:
+        if registration.removed:
+            # Retired versions too: a rollback to one must not bring removed chunks back.
+            for version in catalog.all_versions(conn):
                 milvus.delete(client, version.collection, registration.removed)
+        for version in versions:
             if registration.added and not in_process:
                 dispatcher.send(make_tasks(version.id, registration.added, settings.task_chunks))
         if not in_process:
             report.chunks_enqueued += len(registration.added) * len(versions)
     if in_process:
         for version in versions:
-            pending = progress.pending_chunk_ids(conn, version.id)
-            dispatcher.send(make_tasks(version.id, pending, settings.task_chunks))
-            report.chunks_enqueued += len(pending)
+            report.chunks_enqueued += send_pending(dispatcher, conn, version, settings.task_chunks)
     return report

@@ -1,0 +1,255 @@
+"""Blue-green re-index: build a new (green) index version beside the live (blue) one, verify it,
+then point the alias `chunks` at it in one step; the blue one is kept for rollback.
+
+Postgres holds every chunk's text, so green is embedded from Postgres by the same workers
+(tasks carry the version; a worker loads each version's model on first use). When only the
+dimension shrinks, green is derived from blue's vectors (Matryoshka truncation) instead.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import psycopg
+from pymilvus import MilvusClient
+
+from producer.index import target_dim
+from workers.constants import STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.embedding import resolve_model
+from workers.embedding.base import fit_dimension
+from workers.embedding.tokenizer import load_token_counter
+from workers.errors import InvalidInput
+from workers.stores import catalog, milvus, progress
+from workers.stores.catalog import IndexVersion
+
+log = logging.getLogger(__name__)
+
+# Used for the estimate until this deployment has measured its own rate (one GPU worker, Qwen3-0.6B).
+ASSUMED_CHUNKS_PER_S = 400.0
+# Milvus row: the vector, a 32-character key, two scalars, and index overhead of roughly a third.
+ROW_OVERHEAD_BYTES = 64
+INDEX_OVERHEAD = 1.33
+DERIVE_ROWS = 1000
+RATE_WINDOW_S = 60
+
+
+@dataclass
+class ReindexPlan:
+    model: str
+    dim: int
+    chunks: int
+    tokens: int
+    chunks_over_model_limit: int
+    model_max_tokens: int
+    derive_from_version: int | None
+    estimated_seconds: float
+    estimate_basis: str
+    storage_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_plan(conn: psycopg.Connection, model: str, dim: int | None) -> ReindexPlan:
+    """What a re-index to `model` at `dim` would embed, take and store; changes nothing."""
+    blue = catalog.live_version(conn)
+    if blue is None:
+        raise InvalidInput("there is no live index to move: run `producer ingest PATH` first")
+    info = resolve_model(model)
+    dim = target_dim(dim, info)
+    if (blue.model, blue.dim) == (model, dim):
+        raise InvalidInput(f"the live index already uses {model} at {dim} dims: nothing to re-index")
+    texts = [text for (text,) in conn.execute("SELECT text FROM chunks")]
+    counts = _token_counts(info, texts)
+    derive = blue.id if blue.model == model and dim < blue.dim else None
+    rate, basis = measured_rate(conn)
+    plan = ReindexPlan(
+        model=model,
+        dim=dim,
+        chunks=len(texts),
+        tokens=sum(counts),
+        chunks_over_model_limit=sum(1 for count in counts if count > info.max_seq_length),
+        model_max_tokens=info.max_seq_length,
+        derive_from_version=derive,
+        estimated_seconds=len(texts) / (rate * 20 if derive else rate),
+        estimate_basis="derived from the live vectors (no model run; ~20× the embedding rate)" if derive else basis,
+        storage_bytes=int(len(texts) * (dim * 4 + ROW_OVERHEAD_BYTES) * INDEX_OVERHEAD),
+    )
+    if plan.chunks_over_model_limit:
+        plan.warnings.append(
+            f"{plan.chunks_over_model_limit} chunks are longer than the {info.max_seq_length} tokens {model} reads: "
+            "they would be truncated (re-ingest with the new model to re-chunk, or pass --force)"
+        )
+    return plan
+
+
+def _token_counts(info, texts: list[str]) -> list[int]:
+    if info.is_test_model:
+        return [len(text.split()) + 1 for text in texts]
+    return load_token_counter(info).count(texts)
+
+
+def measured_rate(conn: psycopg.Connection) -> tuple[float, str]:
+    """Chunks/s of the most recent build that embedded at least 100 chunks, else the assumption."""
+    row = conn.execute(
+        """
+        SELECT count(*), extract(epoch FROM max(embedded_at) - min(embedded_at))
+        FROM chunk_embeddings WHERE index_version_id = (
+            SELECT index_version_id FROM chunk_embeddings WHERE embedded_at IS NOT NULL
+            GROUP BY index_version_id HAVING count(*) >= 100 ORDER BY max(embedded_at) DESC LIMIT 1)
+          AND embedded_at IS NOT NULL
+        """
+    ).fetchone()
+    count, seconds = row
+    if count and seconds and seconds > 1:
+        return count / float(seconds), f"measured: {count} chunks at {count / float(seconds):.1f} chunks/s"
+    return ASSUMED_CHUNKS_PER_S, f"assumed {ASSUMED_CHUNKS_PER_S:.0f} chunks/s (one GPU worker; nothing measured yet)"
+
+
+def start_green(conn: psycopg.Connection, client: MilvusClient, model: str, dim: int) -> IndexVersion:
+    """The building version for (model, dim): the one a killed run left, or a new one."""
+    for version in catalog.active_versions(conn):
+        if version.state == STATE_BUILDING and (version.model, version.dim) == (model, dim):
+            log.info("resuming %s", version.collection)
+            break
+    else:
+        version = catalog.create_version(conn, model, dim, STATE_BUILDING)
+    milvus.ensure_collection(client, version.collection, version.dim)
+    fill_pending(conn, version)
+    return version
+
+
+def fill_pending(conn: psycopg.Connection, version: IndexVersion) -> int:
+    """Queue for `version` every chunk it lacks (also those ingested while it was created)."""
+    cursor = conn.execute(
+        "INSERT INTO chunk_embeddings (index_version_id, chunk_id) SELECT %s, id FROM chunks ON CONFLICT DO NOTHING",
+        (version.id,),
+    )
+    return cursor.rowcount
+
+
+def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVersion, green: IndexVersion) -> int:
+    """Fill green from blue's vectors, truncated and renormalised; returns the chunks marked."""
+    pending = set(progress.pending_chunk_ids(conn, green.id))
+    milvus.ensure_loaded(client, blue.collection)
+    fields = ["chunk_id", "document_id", "access_level", "vector"]
+    iterator = client.query_iterator(blue.collection, batch_size=DERIVE_ROWS, output_fields=fields)
+    marked = 0
+    try:
+        while batch := iterator.next():
+            rows = [row for row in batch if row["chunk_id"] in pending]
+            if not rows:
+                continue
+            vectors = fit_dimension(np.array([row["vector"] for row in rows], dtype=np.float32), green.dim)
+            vector_rows = [
+                milvus.VectorRow(row["chunk_id"], row["document_id"], row["access_level"], vector)
+                for row, vector in zip(rows, vectors, strict=True)
+            ]
+            milvus.upsert(client, green.collection, vector_rows)
+            marked += len(progress.mark_embedded(conn, green.id, [row["chunk_id"] for row in rows]))
+    finally:
+        iterator.close()
+    return marked
+
+
+@dataclass
+class Verification:
+    chunks: int
+    embedded: int
+    in_milvus: int
+    failed: int
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verify(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, sample: int = 200) -> Verification:
+    """Every chunk embedded in Postgres and present in Milvus, vectors of the right size and unit norm."""
+    (chunks,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    counts = progress.progress(conn, version.id)
+    milvus.ensure_loaded(client, version.collection)
+    result = Verification(chunks, counts.embedded, milvus.count(client, version.collection), counts.failed)
+    if counts.embedded != chunks:
+        result.problems.append(f"{counts.embedded} of {chunks} chunks embedded ({counts.failed} failed)")
+    if result.in_milvus != counts.embedded:
+        result.problems.append(f"Milvus holds {result.in_milvus} vectors, Postgres marks {counts.embedded}")
+    rows = client.query(version.collection, filter="", output_fields=["vector"], limit=sample)
+    vectors = np.array([row["vector"] for row in rows], dtype=np.float32).reshape(len(rows), -1)
+    if len(rows) and vectors.shape[1] != version.dim:
+        result.problems.append(f"vectors have {vectors.shape[1]} dimensions, expected {version.dim}")
+    elif len(rows) and not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+        result.problems.append("vectors are not unit length")
+    return result
+
+
+def cutover(conn: psycopg.Connection, client: MilvusClient, green: IndexVersion) -> IndexVersion | None:
+    """Make `green` live: Postgres states in one transaction, then the alias in one atomic switch."""
+    blue = catalog.live_version(conn)
+    milvus.ensure_loaded(client, green.collection)  # loaded before any search can reach it
+    with conn.transaction():
+        if blue is not None:
+            conn.execute("UPDATE index_versions SET state = %s WHERE id = %s", (STATE_RETIRED, blue.id))
+        conn.execute("UPDATE index_versions SET state = %s, activated_at = now() WHERE id = %s", (STATE_LIVE, green.id))
+    milvus.point_live_alias(client, green.collection)
+    _check_alias(client, green)
+    return blue
+
+
+def _check_alias(client: MilvusClient, version: IndexVersion) -> None:
+    """Read a sentinel row through the alias: old servers cached aliases (see DESIGN.md)."""
+    rows = client.query(milvus.LIVE_ALIAS, filter="", output_fields=["vector"], limit=1)
+    if milvus.alias_target(client) != version.collection or (rows and len(rows[0]["vector"]) != version.dim):
+        raise RuntimeError(f"the alias {milvus.LIVE_ALIAS!r} does not serve {version.collection} after the switch")
+
+
+def rollback(conn: psycopg.Connection, client: MilvusClient) -> tuple[IndexVersion, IndexVersion]:
+    """Point the alias back at the most recent retired version still kept; returns (from, to)."""
+    live = catalog.live_version(conn)
+    retired = [
+        v for v in catalog.all_versions(conn) if v.state == STATE_RETIRED and client.has_collection(v.collection)
+    ]
+    if live is None or not retired:
+        raise InvalidInput("there is no retired index version to roll back to (cleaned up, or never re-indexed)")
+    previous = max(retired, key=lambda version: version.id)
+    cutover(conn, client, previous)
+    return live, previous
+
+
+def cleanup(conn: psycopg.Connection, client: MilvusClient) -> list[IndexVersion]:
+    """Drop the collections of retired versions and forget them (no rollback to them after this)."""
+    dropped = [version for version in catalog.all_versions(conn) if version.state == STATE_RETIRED]
+    for version in dropped:
+        if client.has_collection(version.collection):
+            client.drop_collection(version.collection)
+        conn.execute("DELETE FROM index_versions WHERE id = %s", (version.id,))
+    return dropped
+
+
+def version_status(conn: psycopg.Connection) -> list[dict]:
+    """Every version with its state, progress, and for one being built the recent rate and ETA."""
+    statuses = []
+    for version in catalog.all_versions(conn):
+        counts = progress.progress(conn, version.id)
+        (recent,) = conn.execute(
+            "SELECT count(*) FROM chunk_embeddings WHERE index_version_id = %s"
+            " AND embedded_at > now() - make_interval(secs => %s)",
+            (version.id, RATE_WINDOW_S),
+        ).fetchone()
+        rate = recent / RATE_WINDOW_S
+        statuses.append(
+            {
+                "id": version.id,
+                "name": version.collection,
+                "model": version.model,
+                "dim": version.dim,
+                "state": version.state,
+                "embedded": counts.embedded,
+                "total": counts.total,
+                "failed": counts.failed,
+                "rate_chunks_per_s": rate,
+                "eta_s": counts.pending / rate if counts.pending and rate else (0.0 if not counts.pending else None),
+            }
+        )
+    return statuses

@@ -1,0 +1,69 @@
+"""Retrieval quality of an index version on labelled queries: MRR@10, Hit@1 and Hit@5.
+
+An eval file holds JSON lines `{"query", "level", "expected_document"}` (the document's path as
+ingested). Hits are ranked by document: several chunks of one document count once, at its best.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from pymilvus import MilvusClient
+
+from producer.search import encoder_for, search
+from workers.access import AccessLevel
+from workers.errors import InvalidInput
+from workers.stores.catalog import IndexVersion
+
+RANK_CUTOFF = 10
+CHUNKS_SEARCHED = 50
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    query: str
+    level: AccessLevel
+    expected_document: str
+
+
+def load_cases(path: Path) -> list[EvalCase]:
+    """The cases in `path`; a malformed line is an error naming its line number."""
+    if not path.is_file():
+        raise InvalidInput(f"eval file {path} does not exist")
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            cases.append(EvalCase(record["query"], AccessLevel.parse(record["level"]), record["expected_document"]))
+        except (json.JSONDecodeError, KeyError, TypeError, InvalidInput) as err:
+            raise InvalidInput(
+                f'{path}:{number}: expected {{"query", "level", "expected_document"}} ({err.__class__.__name__}: {err})'
+            ) from err
+    if not cases:
+        raise InvalidInput(f"eval file {path} has no cases")
+    return cases
+
+
+def evaluate(
+    conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, cases: list[EvalCase], device: str
+) -> dict:
+    """MRR@10, Hit@1 and Hit@5 of `version` on `cases`."""
+    encoder = encoder_for(version.model, device)
+    ranks = []
+    for case in cases:
+        hits = search(conn, client, encoder, version, case.query, case.level, CHUNKS_SEARCHED)
+        documents = list(dict.fromkeys(hit.source_path for hit in hits))
+        ranks.append(documents.index(case.expected_document) + 1 if case.expected_document in documents else None)
+    count = len(cases)
+    return {
+        "index": version.collection,
+        "model": version.model,
+        "dim": version.dim,
+        "queries": count,
+        "mrr": sum(1 / rank for rank in ranks if rank and rank <= RANK_CUTOFF) / count,
+        "hit_at_1": sum(1 for rank in ranks if rank == 1) / count,
+        "hit_at_5": sum(1 for rank in ranks if rank and rank <= 5) / count,
+    }

@@ -1,0 +1,195 @@
+"""Blue-green re-index on real Postgres and Milvus Lite: another model and dimension with search
+running throughout, dual writes while building, the dimension-only shortcut, the quality gate,
+resuming a killed run, rollback and cleanup."""
+
+import json
+import threading
+from contextlib import closing
+
+import numpy as np
+import pytest
+
+from migrations import commands as migrate
+from producer import commands
+from producer.dispatch import make_tasks
+from tests.integration.conftest import write_corpus
+from workers.access import AccessLevel
+from workers.embedding import load_encoder
+from workers.embedding.base import fit_dimension
+from workers.engine import EmbedEngine
+from workers.errors import InvalidInput
+from workers.stores import catalog, milvus, postgres, progress
+
+QUERY = "When does the cafeteria open?"
+
+
+def reindex(settings, model, dim=None, **options):
+    defaults = {"dry_run": False, "eval_file": None, "cutover": True, "force": False, "max_regression": 0.02}
+    return migrate.run_reindex(settings, model, dim, **{**defaults, **options})
+
+
+class SearchLoop(threading.Thread):
+    """Searches over and over as `public`, recording errors and empty answers."""
+
+    def __init__(self, settings):
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.stop = threading.Event()
+        self.searches = 0
+        self.failures: list[str] = []
+        self.sources: set[str] = set()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                hits = commands.search(self.settings, QUERY, AccessLevel.public, 3)
+                if not hits:
+                    self.failures.append("empty")
+                self.sources.add(hits[0].source_path if hits else "")
+            except Exception as err:  # every failure is the finding
+                self.failures.append(repr(err))
+            self.searches += 1
+
+    def finish(self):
+        self.stop.set()
+        self.join(60)
+
+
+@pytest.fixture
+def minilm_settings(make_settings, migrated_url, minilm):
+    return make_settings(database_url=migrated_url, model=minilm)
+
+
+def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(minilm_settings, qwen_tiny, tmp_path):
+    settings = minilm_settings
+    docs = write_corpus(tmp_path / "docs")
+    commands.ingest(settings, docs, None, wait=False)
+    loop = SearchLoop(settings)
+    loop.start()
+
+    built = reindex(settings, qwen_tiny, cutover=False)
+    assert not built["cutover"] and built["verification"]["problems"] == []
+    assert commands.status(settings)["index"]["dim"] == 384  # blue still serves
+
+    # Ingested while green is building: written to both versions.
+    (docs / "memo.md").write_text("---\naccess_level: public\n---\nThe cafeteria opens at nine on Saturdays.\n")
+    assert commands.ingest(settings, docs, None, wait=False).documents_new == 1
+
+    done = reindex(settings, qwen_tiny)  # resumes the built version, verifies, cuts over
+    assert done["cutover"] and done["green"] == built["green"]
+    assert done["backfill"]["chunks"] == 0
+    status = commands.status(settings)
+    assert (status["index"]["model"], status["index"]["dim"]) == (qwen_tiny, 64)
+    assert status["embedded"] == status["chunks"]
+    hits = commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 10)
+    assert "memo.md" in {hit.source_path for hit in hits}
+
+    rolled = migrate.rollback(settings)
+    assert rolled["to"] == "chunks_v1"
+    assert commands.status(settings)["index"]["dim"] == 384
+    assert (
+        commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 1)[0].source_path
+        == "memo.md"
+    )
+    loop.finish()
+    assert loop.searches > 10
+    assert loop.failures == []
+
+
+def test_dry_run_plans_and_changes_nothing(minilm_settings, qwen_tiny, tmp_path):
+    commands.ingest(minilm_settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    plan = reindex(minilm_settings, qwen_tiny, dry_run=True)["plan"]
+    assert plan["chunks"] == commands.status(minilm_settings)["chunks"]
+    assert plan["tokens"] > plan["chunks"] and plan["dim"] == 64
+    assert plan["storage_bytes"] > plan["chunks"] * 64 * 4
+    assert plan["estimated_seconds"] > 0 and plan["estimate_basis"]
+    assert [v["state"] for v in migrate.status(minilm_settings)] == ["live"]
+
+
+def test_same_model_and_dimension_is_refused(minilm_settings, minilm, tmp_path):
+    commands.ingest(minilm_settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with pytest.raises(InvalidInput, match="nothing to re-index"):
+        reindex(minilm_settings, minilm)
+
+
+def test_dimension_only_shortcut_equals_reembedding(make_settings, migrated_url, qwen_tiny, tmp_path):
+    settings = make_settings(database_url=migrated_url, model=qwen_tiny, chunk_max_tokens=300)
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    report = reindex(settings, qwen_tiny, dim=32)
+    assert report["plan"]["derive_from_version"] == 1 and report["cutover"]
+    with closing(postgres.connect(settings)) as conn:
+        rows = conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+        green = catalog.live_version(conn)
+    client = milvus.connect(settings)
+    stored = {r["chunk_id"]: r["vector"] for r in client.get(green.collection, ids=[r[0] for r in rows])}
+    expected = fit_dimension(load_encoder(qwen_tiny, "cpu").encode_documents([r[1] for r in rows]), 32)
+    cosines = [float(np.dot(stored[chunk_id], vector)) for (chunk_id, _), vector in zip(rows, expected, strict=True)]
+    assert min(cosines) >= 0.999
+
+
+def test_quality_gate_refuses_a_worse_model_unless_forced(minilm_settings, qwen_tiny, tmp_path):
+    settings = minilm_settings
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    cases = tmp_path / "eval.jsonl"
+    cases.write_text(
+        "\n".join(
+            json.dumps(case)
+            for case in [
+                {
+                    "query": "When does the cafeteria open?",
+                    "level": "public",
+                    "expected_document": "handbook/welcome.md",
+                },
+                {
+                    "query": "salary bands for engineers",
+                    "level": "manager_only",
+                    "expected_document": "finance/salary-bands.md",
+                },
+                {
+                    "query": "acquire Blue River Freight",
+                    "level": "director_only",
+                    "expected_document": "board/acquisition.md",
+                },
+            ]
+        )
+    )
+    live = commands.evaluate_live(settings, cases)
+    assert live["mrr"] == live["hit_at_1"] == 1.0  # MiniLM finds each at the top
+
+    # The Qwen3 stand-in has random weights: its retrieval is worse, so the gate holds.
+    with pytest.raises(InvalidInput, match="not cutting over"):
+        reindex(settings, qwen_tiny, eval_file=cases)
+    assert commands.status(settings)["index"]["dim"] == 384
+    forced = reindex(settings, qwen_tiny, eval_file=cases, force=True)
+    assert forced["cutover"] and forced["eval"]["mrr_drop"] > 0.02
+
+
+def test_killed_reindex_resumes_without_redoing_work(make_settings, migrated_url, tmp_path):
+    settings = make_settings(database_url=migrated_url, model="fake:64", chunk_min_tokens=20, chunk_max_tokens=60)
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with closing(postgres.connect(settings)) as conn:
+        from migrations import reindex as rx
+
+        green = rx.start_green(conn, milvus.connect(settings), "fake:32", 32)
+        pending = progress.pending_chunk_ids(conn, green.id)
+    half = pending[: len(pending) // 2]
+    engine = EmbedEngine(settings)  # the part a killed run finished
+    [future.result(60) for future in [engine.submit(task) for task in make_tasks(green.id, half, 8)]]
+    engine.close()
+
+    report = reindex(settings, "fake:32")
+    assert report["green"]["id"] == green.id
+    assert report["backfill"]["chunks"] == len(pending) - len(half)
+    assert report["cutover"]
+
+
+def test_status_and_cleanup(make_settings, migrated_url, tmp_path):
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    reindex(settings, "fake:48")
+    states = {v["name"]: (v["state"], v["embedded"] == v["total"]) for v in migrate.status(settings)}
+    assert states == {"chunks_v1": ("retired", True), "chunks_v2": ("live", True)}
+    assert migrate.cleanup(settings) == ["chunks_v1"]
+    assert not milvus.connect(settings).has_collection("chunks_v1")
+    with pytest.raises(InvalidInput, match="no retired index version"):
+        migrate.rollback(settings)
