@@ -142,7 +142,7 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
         try:
             on_device = batch.to(self.device)
             hidden = self._hidden_states(on_device, bounds=batch.cu_seqlens.tolist())
-            last = hidden[on_device.cu_seqlens[:-1].long(), :dim]
+            last = hidden[on_device.cu_seqlens[1:].long() - 1, :dim]
             return F.normalize(last.float(), dim=-1).cpu().numpy()
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
@@ -180,4 +180,4 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
             except NotImplementedError as err:
                 log.warning("varlen_attn unavailable here (%s); using per-sequence SDPA", err)
                 self._varlen = None
-        return _attend_per_sequence(q, k, v, bounds, scale)
+        return _attend_per_sequence(q, k, v, [bounds[0], bounds[-1]], scale)
