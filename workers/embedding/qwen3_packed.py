@@ -82,7 +82,7 @@ def supports(info: ModelInfo) -> bool:
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of (T, heads, head_dim) with per-token (T, 1, head_dim) cos/sin (HF's half split)."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    return x * cos + torch.cat((x[..., half:], -x[..., :half]), dim=-1) * sin
 
 
 def _attend_per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float):
@@ -180,4 +180,4 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
             except NotImplementedError as err:
                 log.warning("varlen_attn unavailable here (%s); using per-sequence SDPA", err)
                 self._varlen = None
-        return _attend_per_sequence(q, k, v, [bounds[0], bounds[-1]], scale)
+        return _attend_per_sequence(q, k, v, bounds, scale)
