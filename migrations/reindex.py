@@ -14,7 +14,7 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.index import target_dim
-from workers.constants import STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.constants import RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
 from workers.embedding import resolve_model
 from workers.embedding.base import fit_dimension
 from workers.embedding.tokenizer import load_token_counter
@@ -30,7 +30,6 @@ ASSUMED_CHUNKS_PER_S = 400.0
 ROW_OVERHEAD_BYTES = 64
 INDEX_OVERHEAD = 1.33
 DERIVE_ROWS = 1000
-RATE_WINDOW_S = 60
 
 
 @dataclass
@@ -232,12 +231,7 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
     statuses = []
     for version in catalog.all_versions(conn):
         counts = progress.progress(conn, version.id)
-        (recent,) = conn.execute(
-            "SELECT count(*) FROM chunk_embeddings WHERE index_version_id = %s"
-            " AND embedded_at > now() - make_interval(secs => %s)",
-            (version.id, RATE_WINDOW_S),
-        ).fetchone()
-        rate = recent / RATE_WINDOW_S
+        rate = progress.recent_rate(conn, RATE_WINDOW_S, version.id)
         statuses.append(
             {
                 "id": version.id,
@@ -249,7 +243,7 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
                 "total": counts.total,
                 "failed": counts.failed,
                 "rate_chunks_per_s": rate,
-                "eta_s": counts.pending / rate if counts.pending and rate else (0.0 if not counts.pending else None),
+                "eta_s": progress.eta_seconds(counts.pending, rate),
             }
         )
     return statuses

@@ -1,4 +1,4 @@
-"""The `producer` command: ingest, status, search, eval, retry.
+"""The `producer` command: ingest, status, search, eval, retry, serve-metrics.
 
 Settings are read once here. torch is imported only by commands that embed in this process
 (`ingest` without a broker, `search`).
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="MRR@10, Hit@1 and Hit@5 of the live index on labelled queries")
     evaluate.add_argument("file", type=Path, help='JSON lines of {"query", "level", "expected_document"}')
     _add_json(evaluate, _run_eval)
+
+    exporter = commands.add_parser("serve-metrics", help="export queue depth, backlog, rate and ETA to Prometheus")
+    exporter.add_argument("--port", type=int, default=9101)
+    exporter.set_defaults(run=_run_exporter, json=False)
 
     retry = commands.add_parser("retry", help="embed again the chunks recorded as failed")
     retry.add_argument("--pending", action="store_true", help="also re-send chunks still pending (lost tasks)")
@@ -117,6 +121,13 @@ def _print_status(status: dict) -> None:
         f"documents {status['documents']}, chunks {status['chunks']}: embedded {status['embedded']}, "
         f"pending {status['pending']}, failed {status['failed']}"
     )
+    eta = "-" if status["eta_s"] is None else f"{status['eta_s']:.0f}s"
+    print(f"backlog {status['backlog']} chunks at {status['rate_chunks_per_s']:.1f} chunks/s: eta {eta}")
+    for worker in status["stuck_workers"]:
+        print(
+            f"STUCK {worker['name']}: holds {worker['chunks_held']} chunks, "
+            f"no progress for {worker['seconds_without_progress']:.0f}s"
+        )
 
 
 def _run_search(args: argparse.Namespace, settings: FleetSettings) -> int:
@@ -147,6 +158,14 @@ def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:
             f"MRR@10 {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
         ),
     )
+    return 0
+
+
+def _run_exporter(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer.exporter import serve
+
+    log.info("serving fleet metrics on :%d/metrics", args.port)
+    serve(settings, args.port)
     return 0
 
 

@@ -9,6 +9,7 @@ from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher,
 from producer.evaluate import evaluate, load_cases
 from producer.index import serving_version
 from workers.access import AccessLevel
+from workers.constants import RATE_WINDOW_S
 from workers.embedding import resolve_model
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres, progress
@@ -36,6 +37,9 @@ def status(settings: FleetSettings) -> dict:
         ).fetchone()
         live = catalog.live_version(conn)
         counts = progress.progress(conn, live.id) if live else progress.Progress(0, 0, 0)
+        backlog = sum(progress.progress(conn, version.id).pending for version in catalog.active_versions(conn))
+        rate = progress.recent_rate(conn, RATE_WINDOW_S)
+        stuck = progress.stuck_workers(conn, settings.stuck_after_s)
     return {
         "documents": documents,
         "chunks": chunks,
@@ -43,6 +47,10 @@ def status(settings: FleetSettings) -> dict:
         "pending": counts.pending,
         "failed": counts.failed,
         "index": {"name": live.collection, "model": live.model, "dim": live.dim} if live else None,
+        "backlog": backlog,
+        "rate_chunks_per_s": rate,
+        "eta_s": progress.eta_seconds(backlog, rate),
+        "stuck_workers": stuck,
     }
 
 

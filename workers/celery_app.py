@@ -9,6 +9,7 @@ import logging
 
 from celery import Celery, signals
 
+from workers import metrics
 from workers.constants import EMBED_QUEUE, EMBED_TASK
 from workers.contracts import EmbedTask
 from workers.engine import EmbedEngine
@@ -66,9 +67,14 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
             # Per-chunk attempts in Postgres bound these retries for faults that do not heal.
             raise self.retry(exc=err, countdown=min(MAX_RETRY_DELAY_S, 2**self.request.retries)) from err
 
+    @signals.celeryd_init.connect(weak=False)
+    def name_engine(sender: str, **_: object) -> None:
+        engine.name = sender  # the node name (worker@host): heartbeats and stuck reports use it
+
     @signals.worker_ready.connect(weak=False)
-    def preload_model(**_: object) -> None:
-        log.info("preloading %s", settings.model)
+    def start_engine(**_: object) -> None:
+        metrics.serve(settings.metrics_port)
+        log.info("preloading %s; metrics on :%s/metrics", settings.model, settings.metrics_port)
         engine.start().preload(settings.model)
 
     @signals.worker_shutdown.connect(weak=False)

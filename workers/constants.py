@@ -16,3 +16,6 @@ STATE_RETIRED = "retired"
 
 # Milvus keeps upserts well under its 64 MB RPC cap at this many 1024-d rows.
 MILVUS_UPSERT_ROWS = 2000
+
+# Embedding rate (status, ETA, exporter) is measured over this many recent seconds.
+RATE_WINDOW_S = 120

@@ -17,14 +17,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from workers import metrics
 from workers.batching import plan_batches
 from workers.contracts import EmbedTask
 from workers.embedding import Encoder, load_encoder
 from workers.errors import DeviceOutOfMemory, InvalidInput
+from workers.heartbeat import Heartbeat
 from workers.ledger import Job, Ledger
 from workers.pipeline import STOP, Stage, drain
 from workers.settings import FleetSettings
@@ -89,13 +92,21 @@ def _chunk_ids(item: Any) -> tuple[int, list[str]]:
 class EmbedEngine:
     """One per worker process: owns the encoders, two Postgres connections and a Milvus client."""
 
-    def __init__(self, settings: FleetSettings, encoder_loader: Callable[[str, str], Encoder] = load_encoder):
+    def __init__(
+        self,
+        settings: FleetSettings,
+        encoder_loader: Callable[[str, str], Encoder] | None = None,
+        name: str | None = None,
+    ):
         self.settings = settings
+        self.name = name
+        self.chunks_done = 0
+        self._heartbeat: Heartbeat | None = None
         self.budget = settings.batch_tokens
         self.forward_tokens = 0
         self.padded_tokens = 0
         self.peak_memory_bytes = 0
-        self._load_encoder = encoder_loader
+        self._load_encoder = encoder_loader or partial(load_encoder, attention=settings.attention)
         self._encoders: dict[str, Encoder] = {}
         self._versions: dict[int, IndexVersion] = {}
         self._collections_ready: set[str] = set()
@@ -120,6 +131,9 @@ class EmbedEngine:
             ]
             for stage in self.stages:
                 stage.start()
+            if self.name:
+                self._heartbeat = Heartbeat(self.settings, self.name, self.ledger.chunks_held, lambda: self.chunks_done)
+                self._heartbeat.start()
         return self
 
     def submit(self, task: EmbedTask) -> Future:
@@ -148,8 +162,10 @@ class EmbedEngine:
             for stage in self.stages:
                 stage.join()
             self.stages = []
-            error = RuntimeError("the embed engine was closed")
-            self.ledger.abort_all(error)
+            self.ledger.abort_all(RuntimeError("the embed engine was closed"))
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -190,6 +206,7 @@ class EmbedEngine:
             claimed = progress.claim(self._conn("claim"), version_id, wanted)
             gave_up = [c.id for c in claimed if c.attempts > self.settings.max_attempts]
             if gave_up:
+                metrics.FAILURES.labels("attempts").inc(len(gave_up))
                 progress.record_failure(
                     self._conn("claim"),
                     version_id,
@@ -231,9 +248,11 @@ class EmbedEngine:
 
     def _forward_splitting(self, encoder: Encoder, batch: Batch) -> Iterator[Embedded | Failed]:
         """Forward a batch; on device OOM shrink the budget and forward its halves."""
+        started = time.perf_counter()
         try:
             vectors = encoder.forward(batch.features, batch.version.dim)
         except DeviceOutOfMemory as err:
+            metrics.FAILURES.labels("oom_split").inc()
             cost = batch.tokens if encoder.packs_sequences else batch.padded_tokens
             self.budget = max(MIN_BUDGET_TOKENS, int(min(self.budget, cost) * 0.75))
             log.warning("%s; batch budget now %d tokens", err, self.budget)
@@ -246,9 +265,15 @@ class EmbedEngine:
                 half = Batch(batch.version, batch.chunks[part], ids, encoder.collate(ids))
                 yield from self._forward_splitting(encoder, half)
             return
+        padded = batch.tokens if encoder.packs_sequences else batch.padded_tokens
         self.forward_tokens += batch.tokens
-        self.padded_tokens += batch.padded_tokens
+        self.padded_tokens += padded
         self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())
+        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch.chunks))
+        metrics.BATCH_PADDING.observe(1 - batch.tokens / padded)
+        metrics.TOKENS_EMBEDDED.inc(batch.tokens)
+        metrics.GPU_MEMORY.set(self.peak_memory_bytes)
         yield Embedded(batch.version, batch.chunks, vectors)
 
     def _sink(self, first: Embedded | Failed) -> None:
@@ -256,6 +281,7 @@ class EmbedEngine:
         try:
             for item in items:
                 if isinstance(item, Failed):
+                    metrics.FAILURES.labels(item.kind).inc(len(item.chunk_ids))
                     progress.record_failure(self._conn("sink"), item.version.id, item.chunk_ids, item.kind, item.error)
                     self.ledger.failed(item.version.id, item.chunk_ids)
             self._store([item for item in items if isinstance(item, Embedded)])
@@ -280,16 +306,21 @@ class EmbedEngine:
             if version.collection not in self._collections_ready:
                 milvus.ensure_collection(client, version.collection, version.dim)
                 self._collections_ready.add(version.collection)
-            milvus.upsert(client, version.collection, rows)
+            with metrics.SINK_SECONDS.labels("milvus").time():
+                milvus.upsert(client, version.collection, rows)
             ids = [row.chunk_id for row in rows]
-            marked = progress.mark_embedded(self._conn("sink"), version.id, ids)
+            with metrics.SINK_SECONDS.labels("postgres").time():
+                marked = progress.mark_embedded(self._conn("sink"), version.id, ids)
             # A chunk deleted by a re-ingest while we embedded it: its vector must not stay behind.
             orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
             if orphans:
                 milvus.delete(client, version.collection, orphans)
             self.ledger.stored(version.id, ids, marked)
+            self.chunks_done += len(marked)
+            metrics.CHUNKS_EMBEDDED.inc(len(marked))
 
     def _abort(self, item: Any, error: Exception) -> None:
+        metrics.FAILURES.labels("stage_error").inc()
         if isinstance(item, Job):
             if not item.future.done():
                 item.future.set_exception(error)
@@ -323,4 +354,5 @@ class EmbedEngine:
     def _encoder(self, model: str) -> Encoder:
         if model not in self._encoders:
             self._encoders[model] = self._load_encoder(model, self.settings.device)
+            metrics.MODEL_LOADED.labels(model).set(1)
         return self._encoders[model]

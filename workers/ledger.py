@@ -63,9 +63,10 @@ class Ledger:
                 self._fail(job, error)
             self._jobs_of.clear()
 
-    def open_jobs(self) -> int:
+    def chunks_held(self) -> int:
+        """Chunks of open tasks not stored yet."""
         with self._lock:
-            return len(self._jobs)
+            return sum(len(job.waiting) for job in self._jobs.values())
 
     def _finish(
         self, version_id: int, chunk_ids: list[str], embedded: set[str] = frozenset(), failed: bool = False

@@ -25,6 +25,9 @@ class FleetSettings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="Hub id or local sentence-transformers directory.")
     embed_dim: int | None = Field(None, ge=1, description="Vector size; unset: the model's own.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    attention: Literal["auto", "padded"] = Field(
+        "auto", description="auto: packed varlen attention for Qwen3 models; padded: SDPA over padded batches."
+    )
     batch_tokens: int = Field(32768, ge=64, description="Token budget of one forward pass (padded).")
 
     chunk_min_tokens: int = Field(500, ge=1)
@@ -33,6 +36,9 @@ class FleetSettings(BaseSettings):
     worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")
     collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
     max_attempts: int = Field(5, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
+    metrics_port: int = Field(9100, ge=0, description="Worker /metrics port; 0 turns it off.")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker records its progress in Postgres.")
+    stuck_after_s: float = Field(300.0, gt=0, description="No progress for this long while holding work: stuck.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -5,12 +5,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from producer.dispatch import CeleryDispatcher
 from tests.integration.conftest import REPO, cli_env, run_cli, run_json, write_corpus
+from workers.stores import catalog, milvus, postgres
 
 
 @pytest.fixture
@@ -85,12 +89,39 @@ def test_worker_process_embeds_what_the_producer_enqueues(fleet_settings, worker
     assert worker.poll() is None
 
 
+def test_two_worker_processes_share_the_work_without_duplicates(fleet_settings, tmp_path):
+    settings = fleet_settings.model_copy(update={"task_chunks": 2, "worker_concurrency": 2})
+    env = {**cli_env(settings), "FLEET_TASK_CHUNKS": "2", "FLEET_WORKER_CONCURRENCY": "2", "FLEET_HEARTBEAT_S": "0.5"}
+    workers = [start_worker({**env, "FLEET_METRICS_PORT": "0"}, tmp_path / f"w{n}.log", f"w{n}") for n in (1, 2)]
+    try:
+        app = CeleryDispatcher(settings).app
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        report = run_json(env, "producer", "ingest", str(write_corpus(tmp_path / "docs")), "--wait")
+        time.sleep(1.5)  # a last heartbeat from each worker
+        with closing(postgres.connect(settings)) as conn:
+            done = dict(conn.execute("SELECT name, chunks_done FROM worker_heartbeats").fetchall())
+            chunk_ids = {chunk_id for (chunk_id,) in conn.execute("SELECT id FROM chunks")}
+            version = catalog.live_version(conn)
+    finally:
+        for worker in workers:
+            stop(worker)
+    assert len(done) == 2 and all(count > 0 for count in done.values()), done
+    assert sum(done.values()) >= report["chunks_enqueued"]
+    client = milvus.connect(settings)
+    stored = client.query(version.collection, filter="", output_fields=["chunk_id"], limit=16384)
+    assert sorted(row["chunk_id"] for row in stored) == sorted(chunk_ids)  # complete and duplicate-free
+    status = run_json(env, "producer", "status")
+    assert (status["embedded"], status["backlog"], status["stuck_workers"]) == (len(chunk_ids), 0, [])
+
+
 def test_without_migrate_db_the_server_database_is_refused(make_settings, database_url, tmp_path):
     env = cli_env(make_settings(database_url=database_url))
     result = run_cli(env, "producer", "status", check=False)
     assert result.returncode != 0
     assert "run `migrate db`" in result.stderr
-    assert run_json(env, "migrations", "db")["applied"] == ["0001_initial"]
+    assert run_json(env, "migrations", "db")["applied"] == ["0001_initial", "0002_worker_heartbeats"]
     assert run_json(env, "migrations", "db")["applied"] == []
     assert run_json(env, "producer", "status")["documents"] == 0
 

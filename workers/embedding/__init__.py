@@ -7,8 +7,11 @@ from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo, resolve_model
 
 
-def load_encoder(model: str, device: str = "auto") -> Encoder:
-    """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM]`)."""
+def load_encoder(model: str, device: str = "auto", attention: str = "auto") -> Encoder:
+    """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM]`).
+
+    Qwen3 embedding models get the packed (varlen) forward unless `attention` is "padded".
+    """
     info = resolve_model(model)
     if info.kind == "fake":
         from workers.embedding.fake import FakeEncoder
@@ -18,6 +21,10 @@ def load_encoder(model: str, device: str = "auto") -> Encoder:
         from workers.embedding.simulated import SimulatedEncoder
 
         return SimulatedEncoder(info)
+    from workers.embedding import qwen3_packed
+
+    if attention != "padded" and qwen3_packed.supports(info):
+        return qwen3_packed.PackedQwen3Encoder(info, device=device)
     from workers.embedding.sentence_transformer import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(info, device=device)

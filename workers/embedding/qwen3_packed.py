@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from workers.embedding.model_info import ModelInfo
 from workers.embedding.sentence_transformer import SentenceTransformerEncoder
@@ -32,7 +33,7 @@ _FLASH_DTYPES = (torch.bfloat16, torch.float16)
 _CAUSAL = (-1, 0)  # varlen_attn's window for causal attention; it must be this tuple, not a list
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedBatch:
     """All sequences of a batch as one flat sequence; sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]."""
 
@@ -49,11 +50,9 @@ class PackedBatch:
     def sequences(self) -> int:
         return self.cu_seqlens.shape[0] - 1
 
-    def to(self, device: str) -> "PackedBatch":
-        move = {"device": device, "non_blocking": True}
-        return PackedBatch(
-            self.input_ids.to(**move), self.position_ids.to(**move), self.cu_seqlens.to(**move), self.max_len
-        )
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "PackedBatch":
+        """The same batch with `fn` applied to each tensor (pinning, a copy to the device)."""
+        return PackedBatch(fn(self.input_ids), fn(self.position_ids), fn(self.cu_seqlens), self.max_len)
 
 
 def _read_json(path: Path) -> dict | list:
@@ -82,10 +81,12 @@ def supports(info: ModelInfo) -> bool:
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of (T, heads, head_dim) with per-token (T, 1, head_dim) cos/sin (HF's half split)."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat((x[..., half:], -x[..., :half]), dim=-1) * sin
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _attend_per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float):
+def _attend_per_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
+) -> torch.Tensor:
     """Reference attention: causal GQA SDPA on each sequence's slice of the (T, heads, head_dim) tensors."""
     outputs = []
     for start, end in pairwise(bounds):
@@ -120,6 +121,7 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
         log.info("packed Qwen3 attention: %s", "varlen_attn" if self._varlen else "per-sequence SDPA")
 
     def collate(self, ids: list[list[int]]) -> PackedBatch:
+        """Concatenate the sequences; positions restart at 0 in each, as if each were alone."""
         lengths = torch.tensor([len(sequence) for sequence in ids], dtype=torch.int64)
         if lengths.numel() == 0 or int(lengths.min()) == 0:
             raise ValueError("a packed batch needs at least one sequence and no empty one")
@@ -131,16 +133,12 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
             cu_seqlens=cu_seqlens,
             max_len=int(lengths.max()),
         )
-        if self.on_cuda:
-            batch = PackedBatch(
-                *(t.pin_memory() for t in (batch.input_ids, batch.position_ids, cu_seqlens)), batch.max_len
-            )
-        return batch
+        return batch.map(torch.Tensor.pin_memory) if self.on_cuda else batch
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch, dim: int) -> np.ndarray:
         try:
-            on_device = batch.to(self.device)
+            on_device = batch.map(lambda tensor: tensor.to(self.device, non_blocking=True))
             hidden = self._hidden_states(on_device, bounds=batch.cu_seqlens.tolist())
             last = hidden[on_device.cu_seqlens[1:].long() - 1, :dim]
             return F.normalize(last.float(), dim=-1).cpu().numpy()
@@ -161,7 +159,15 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return model.norm(hidden)
 
-    def _attention(self, attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch, bounds):
+    def _attention(
+        self,
+        attn: nn.Module,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: PackedBatch,
+        bounds: list[int],
+    ) -> torch.Tensor:
         """Qwen3Attention on (T, hidden): per-head RMSNorm of q and k before the rotary embedding."""
         heads = (x.shape[0], -1, attn.head_dim)
         q = _rotate(attn.q_norm(attn.q_proj(x).view(heads)), cos, sin)
@@ -169,7 +175,9 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
         v = attn.v_proj(x).view(heads)
         return attn.o_proj(self._attend(q, k, v, batch, bounds, attn.scaling).reshape(x.shape[0], -1))
 
-    def _attend(self, q, k, v, batch: PackedBatch, bounds: list[int], scale: float) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, bounds: list[int], scale: float
+    ) -> torch.Tensor:
         """Causal attention inside each sequence: the varlen kernel where it runs, else the SDPA loop."""
         if self._varlen is not None:
             try:

@@ -102,3 +102,30 @@ def retry_failed(conn: psycopg.Connection, version_id: int) -> list[str]:
         ).fetchall()
         conn.execute("DELETE FROM failures WHERE index_version_id = %s", (version_id,))
     return [chunk_id for (chunk_id,) in rows]
+
+
+def recent_rate(conn: psycopg.Connection, window_s: float, version_id: int | None = None) -> float:
+    """Chunks/s embedded over the last `window_s` seconds (over the part of it that saw work)."""
+    count, span = conn.execute(
+        "SELECT count(*), extract(epoch FROM now() - min(embedded_at)) FROM chunk_embeddings"
+        " WHERE embedded_at > now() - make_interval(secs => %s) AND (%s::int IS NULL OR index_version_id = %s)",
+        (window_s, version_id, version_id),
+    ).fetchone()
+    return count / max(float(span), 1.0) if count >= 2 else 0.0
+
+
+def eta_seconds(pending: int, rate: float) -> float | None:
+    """Seconds to finish `pending` chunks at `rate`; 0 when nothing is pending, None when nothing moves."""
+    if pending == 0:
+        return 0.0
+    return pending / rate if rate > 0 else None
+
+
+def stuck_workers(conn: psycopg.Connection, stuck_after_s: float) -> list[dict]:
+    """Workers holding chunks without progress for `stuck_after_s` (hung, or killed holding tasks)."""
+    rows = conn.execute(
+        "SELECT name, chunks_held, extract(epoch FROM now() - last_progress_at) FROM worker_heartbeats"
+        " WHERE chunks_held > 0 AND last_progress_at < now() - make_interval(secs => %s) ORDER BY name",
+        (stuck_after_s,),
+    ).fetchall()
+    return [{"name": name, "chunks_held": held, "seconds_without_progress": float(idle)} for name, held, idle in rows]

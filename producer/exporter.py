@@ -1,0 +1,71 @@
+"""`producer serve-metrics`: the fleet-wide numbers no single worker knows, for Prometheus.
+
+Flower does not show queue length (flower#1173): this exports the broker's queue depth, the
+backlog per index version from Postgres, the recent embedding rate and the backlog's ETA, read
+fresh on every scrape.
+"""
+
+import time
+from contextlib import closing
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from workers.constants import EMBED_QUEUE, RATE_WINDOW_S
+from workers.settings import FleetSettings
+from workers.stores import catalog, postgres, progress
+
+
+class FleetCollector(Collector):
+    def __init__(self, settings: FleetSettings):
+        self.settings = settings
+        self._redis = None
+        if settings.broker_url and settings.broker_url.get_secret_value().startswith(("redis://", "rediss://")):
+            import redis
+
+            self._redis = redis.Redis.from_url(settings.broker_url.get_secret_value())
+
+    def collect(self):
+        yield from self._queue_depth()
+        with closing(postgres.connect(self.settings)) as conn:
+            backlog = GaugeMetricFamily(
+                "fleet_backlog_chunks",
+                "Chunks per index version and embedding state",
+                labels=["index_version", "state"],
+            )
+            pending_total = 0
+            for version in catalog.active_versions(conn):
+                counts = progress.progress(conn, version.id)
+                pending_total += counts.pending
+                for state, value in (
+                    ("pending", counts.pending),
+                    ("embedded", counts.embedded),
+                    ("failed", counts.failed),
+                ):
+                    backlog.add_metric([version.collection, state], value)
+            yield backlog
+            rate = progress.recent_rate(conn, RATE_WINDOW_S)
+            yield GaugeMetricFamily("fleet_rate_chunks_per_second", "Chunks/s over the recent window", value=rate)
+            eta = progress.eta_seconds(pending_total, rate)
+            yield GaugeMetricFamily(
+                "fleet_eta_seconds",
+                "Seconds until the backlog is embedded (NaN while nothing moves)",
+                value=float("nan") if eta is None else eta,
+            )
+            stuck = progress.stuck_workers(conn, self.settings.stuck_after_s)
+            yield GaugeMetricFamily("fleet_stuck_workers", "Workers holding work without progress", value=len(stuck))
+
+    def _queue_depth(self):
+        depth = GaugeMetricFamily("fleet_queue_depth", "Task messages waiting in the broker", labels=["queue"])
+        if self._redis is not None:
+            depth.add_metric([EMBED_QUEUE], self._redis.llen(EMBED_QUEUE))
+        yield depth
+
+
+def serve(settings: FleetSettings, port: int) -> None:
+    """Serve /metrics on `port` until interrupted."""
+    REGISTRY.register(FleetCollector(settings))
+    start_http_server(port)
+    while True:
+        time.sleep(3600)

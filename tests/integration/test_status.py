@@ -1,0 +1,62 @@
+"""Rate, ETA and stuck workers, from the rows workers write to Postgres."""
+
+from contextlib import closing
+
+import pytest
+
+from producer import commands
+from tests.integration.conftest import write_corpus
+from workers.heartbeat import Heartbeat
+from workers.stores import postgres, progress
+
+
+@pytest.fixture
+def settings(make_settings, migrated_url):
+    return make_settings(database_url=migrated_url, model="fake:64", chunk_min_tokens=20, chunk_max_tokens=60)
+
+
+def test_rate_and_eta_follow_recent_progress(settings, tmp_path):
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with closing(postgres.connect(settings)) as conn:
+        (total,) = conn.execute("SELECT count(*) FROM chunk_embeddings").fetchone()
+        # Half done over the last 50 s, at an even pace; the other half pending.
+        conn.execute(
+            """
+            UPDATE chunk_embeddings SET embedded_at = CASE WHEN rn <= %(half)s
+                THEN now() - make_interval(secs => 50.0 * rn / %(half)s) END
+            FROM (SELECT chunk_id AS id, row_number() OVER (ORDER BY chunk_id) AS rn FROM chunk_embeddings) AS r
+            WHERE chunk_embeddings.chunk_id = r.id
+            """,
+            {"half": total // 2},
+        )
+    status = commands.status(settings)
+    assert status["backlog"] == total - total // 2
+    assert status["rate_chunks_per_s"] == pytest.approx((total // 2) / 50, rel=0.1)
+    assert status["eta_s"] == pytest.approx(status["backlog"] / status["rate_chunks_per_s"], rel=0.01)
+
+
+def test_eta_is_zero_when_done_and_none_when_nothing_moves(settings, tmp_path):
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    assert commands.status(settings)["eta_s"] == 0.0
+    assert progress.eta_seconds(10, 0.0) is None
+
+
+def test_worker_holding_work_without_progress_is_reported_stuck(settings):
+    held, done = [5], [0]
+    heartbeat = Heartbeat(settings, "w1@test", lambda: held[0], lambda: done[0])
+    heartbeat.beat()
+    assert commands.status(settings)["stuck_workers"] == []
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute("UPDATE worker_heartbeats SET last_progress_at = now() - interval '10 minutes'")
+    heartbeat.beat()  # alive, still holding 5, nothing done since: no progress
+    (stuck,) = commands.status(settings.model_copy(update={"stuck_after_s": 300}))["stuck_workers"]
+    assert (stuck["name"], stuck["chunks_held"]) == ("w1@test", 5)
+    assert stuck["seconds_without_progress"] >= 590
+    done[0] = 3
+    heartbeat.beat()  # progress clears it
+    assert commands.status(settings)["stuck_workers"] == []
+    held[0] = 0
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute("UPDATE worker_heartbeats SET last_progress_at = now() - interval '10 minutes'")
+    heartbeat.beat()  # idle is not stuck
+    assert commands.status(settings)["stuck_workers"] == []

@@ -1,0 +1,60 @@
+"""A worker's heartbeat in Postgres: what it holds, what it has done, when it last progressed.
+
+`producer status` reads these rows to name workers that hold work but made no progress for
+FLEET_STUCK_AFTER_S — hung on a device, or killed while holding tasks.
+"""
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from workers.settings import FleetSettings
+from workers.stores import postgres
+
+log = logging.getLogger(__name__)
+
+_BEAT = """
+INSERT INTO worker_heartbeats AS hb (name, pid, chunks_held, chunks_done)
+VALUES (%(name)s, %(pid)s, %(held)s, %(done)s)
+ON CONFLICT (name) DO UPDATE SET
+    pid = EXCLUDED.pid, last_seen_at = now(), chunks_held = EXCLUDED.chunks_held,
+    chunks_done = EXCLUDED.chunks_done,
+    -- progress: more chunks done, or nothing held (an idle worker is not stuck)
+    last_progress_at = CASE WHEN EXCLUDED.chunks_done > hb.chunks_done OR EXCLUDED.chunks_held = 0
+                            THEN now() ELSE hb.last_progress_at END
+"""
+
+
+class Heartbeat:
+    def __init__(self, settings: FleetSettings, name: str, held: Callable[[], int], done: Callable[[], int]):
+        self.settings = settings
+        self.name = name
+        self._held = held
+        self._done = done
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._conn = None
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.beat()  # the last word: what it still holds (0 after a clean drain)
+
+    def beat(self) -> None:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = postgres.connect(self.settings)
+            self._conn.execute(
+                _BEAT, {"name": self.name, "pid": os.getpid(), "held": self._held(), "done": self._done()}
+            )
+        except Exception as err:  # a missed beat must not stop the worker; the next one retries
+            log.warning("heartbeat failed: %s", err)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            self.beat()

@@ -1,0 +1,33 @@
+"""Prometheus metrics of a worker, served on FLEET_METRICS_PORT (`/metrics`).
+
+The engine records what it does; the Grafana dashboard in ops/grafana reads these names.
+Queue depth, backlog and ETA are the exporter's (`producer serve-metrics`), not a worker's.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+CHUNKS_EMBEDDED = Counter("fleet_chunks_embedded", "Chunks embedded and stored in both sinks")
+TOKENS_EMBEDDED = Counter("fleet_tokens_embedded", "Tokens run through the model (without padding)")
+BATCH_SIZE = Histogram("fleet_batch_size", "Chunks per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_PADDING = Histogram(
+    "fleet_batch_padding_ratio",
+    "Share of a batch's padded tokens that are padding",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75),
+)
+FORWARD_SECONDS = Histogram(
+    "fleet_forward_seconds",
+    "Seconds of one forward pass (device time, copy out included)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SINK_SECONDS = Histogram(
+    "fleet_sink_seconds", "Seconds of one bulk write", ["sink"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
+)
+FAILURES = Counter("fleet_failures", "Chunks recorded as failed, and stage errors", ["kind"])
+GPU_MEMORY = Gauge("fleet_gpu_memory_bytes", "Peak device memory allocated by the model")
+MODEL_LOADED = Gauge("fleet_model_loaded", "1 for each model this worker has loaded", ["model"])
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (0: not at all)."""
+    if port:
+        start_http_server(port)
