@@ -25,8 +25,8 @@ class FleetSettings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="Hub id or local sentence-transformers directory.")
     embed_dim: int | None = Field(None, ge=1, description="Vector size; unset: the model's own.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    attention: Literal["auto", "padded"] = Field(
-        "auto", description="auto: packed varlen attention for Qwen3 models; padded: SDPA over padded batches."
+    attention: Literal["auto", "packed", "padded"] = Field(
+        "auto", description="auto: packed varlen attention for Qwen3 on CUDA; packed: always; padded: never."
     )
     batch_tokens: int = Field(32768, ge=64, description="Token budget of one forward pass (padded).")
 

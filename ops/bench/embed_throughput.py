@@ -40,12 +40,19 @@ def main() -> int:
     args = parse_args()
     info = resolve_model(args.model)
     texts = make_chunks(info, args.chunks)
-    real = None if args.simulate_gpu else load_encoder(args.model, args.device)
+    real = None if args.simulate_gpu else load_encoder(args.model, args.device, args.attention)
     token_counts = [len(ids) for ids in (real or SimulatedEncoder(info)).tokenize(texts)]
     tokens = sum(token_counts)
     device = getattr(real, "device", "simulated")
     dim = args.dim or info.dim
-    report: dict = {"device": device, "model": args.model, "chunks": len(texts), "tokens": tokens, "dim": dim}
+    report: dict = {
+        "device": device,
+        "model": args.model,
+        "chunks": len(texts),
+        "tokens": tokens,
+        "dim": dim,
+        "encoder": type(encoder_or(real, info)).__name__,
+    }
     log(f"{len(texts)} chunks, {tokens} tokens ({tokens / len(texts):.0f} per chunk) on {device}")
 
     if real is not None:
@@ -74,6 +81,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="model directory or hub id")
     parser.add_argument("--chunks", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--attention",
+        choices=["auto", "packed", "padded"],
+        default="auto",
+        help="auto: packed varlen for Qwen3 on CUDA",
+    )
     parser.add_argument("--dim", type=int, help="index dimension (default: the model's)")
     parser.add_argument("--batch-tokens", type=int, default=32768)
     parser.add_argument("--task-chunks", type=int, default=32)
@@ -82,6 +95,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--postgres", default=DEFAULT_PG, help="admin URL of the Postgres server to use")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
+
+
+def encoder_or(real, info):
+    return real or SimulatedEncoder(info)
 
 
 def log(message: str) -> None:

@@ -213,13 +213,16 @@ def test_milvus_failure_fails_the_task_and_marks_nothing(settings, pending, monk
     assert embedded_count(settings, version) == 0
 
 
-@pytest.mark.parametrize("model", ["minilm", "qwen_tiny"])
-def test_pipeline_vectors_equal_sentence_transformers(request, make_settings, migrated_url, tmp_path, model):
+@pytest.mark.parametrize(("model", "attention"), [("minilm", "auto"), ("qwen_tiny", "padded"), ("qwen_tiny", "packed")])
+def test_pipeline_vectors_equal_sentence_transformers(request, make_settings, migrated_url, tmp_path, model, attention):
     import torch
     from sentence_transformers import SentenceTransformer
 
     path = request.getfixturevalue(model)
-    settings = make_settings(database_url=migrated_url, model=path, batch_tokens=2048, chunk_max_tokens=200)
+    assert load_encoder(path, "cpu", attention).packs_sequences == (attention == "packed")
+    settings = make_settings(
+        database_url=migrated_url, model=path, batch_tokens=2048, chunk_max_tokens=200, attention=attention
+    )
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
     with closing(postgres.connect(settings)) as conn:
         version = catalog.live_version(conn)

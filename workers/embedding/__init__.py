@@ -10,7 +10,8 @@ from workers.embedding.model_info import ModelInfo, resolve_model
 def load_encoder(model: str, device: str = "auto", attention: str = "auto") -> Encoder:
     """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM]`).
 
-    Qwen3 embedding models get the packed (varlen) forward unless `attention` is "padded".
+    `attention`: "auto" gives Qwen3 embedding models the packed (varlen) forward on CUDA, "packed"
+    everywhere, "padded" never.
     """
     info = resolve_model(model)
     if info.kind == "fake":
@@ -22,11 +23,12 @@ def load_encoder(model: str, device: str = "auto", attention: str = "auto") -> E
 
         return SimulatedEncoder(info)
     from workers.embedding import qwen3_packed
+    from workers.embedding.sentence_transformer import SentenceTransformerEncoder, pick_device
 
-    if attention != "padded" and qwen3_packed.supports(info):
+    # The packed path pays off with the varlen kernel on CUDA; on CPU it is a slower reference.
+    packed = attention == "packed" or (attention == "auto" and pick_device(device).startswith("cuda"))
+    if packed and qwen3_packed.supports(info):
         return qwen3_packed.PackedQwen3Encoder(info, device=device)
-    from workers.embedding.sentence_transformer import SentenceTransformerEncoder
-
     return SentenceTransformerEncoder(info, device=device)
 
 
