@@ -222,7 +222,23 @@ class EmbedEngine:
                 groups.append(WorkGroup(version, chunks))
         return groups
 
-    def _tokenize(self, group: WorkGroup) -> Iterator[Batch | Failed]:
+    def _tokenize(self, first: WorkGroup) -> Iterator[Batch | Failed]:
+        # Groups already waiting are planned together: fuller batches when work is plentiful,
+        # no waiting when it is not.
+        groups, stop_seen = drain(self.stages[1].inbox, first, 2 * CLAIM_CHUNKS, lambda group: len(group.chunks))
+        merged: dict[int, WorkGroup] = {}
+        for group in groups:
+            if group.version.id in merged:
+                merged[group.version.id].chunks.extend(group.chunks)
+            else:
+                merged[group.version.id] = WorkGroup(group.version, list(group.chunks))
+        for group in merged.values():
+            yield from self._plan(group)
+        if stop_seen:
+            self.stages[1].inbox.put(STOP)
+
+    def _plan(self, group: WorkGroup) -> Iterator[Batch | Failed]:
+        """Tokenize a group, then cut it into length-sorted batches under the budget, padded."""
         encoder = self._encoder(group.version.model)
         ids = encoder.tokenize([chunk.text for chunk in group.chunks])
         budget = self.budget
