@@ -13,23 +13,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.errors import FleetError
-from workers.logs import configure_logging
+from workers.entrypoint import run_command
 from workers.settings import FleetSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = FleetSettings()
-        configure_logging(settings.log_level)
-        return args.run(args, settings)
-    except FleetError as err:
-        print(f"migrate {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"migrate {args.command}: interrupted; run it again to carry on where it stopped", file=sys.stderr)
-        return 130
+    return run_command("migrate", _parser().parse_args(argv))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,25 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workers.access import AccessLevel
+from workers.entrypoint import run_command
 from workers.errors import FleetError
-from workers.logs import configure_logging
 from workers.settings import FleetSettings
 
 log = logging.getLogger("producer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = FleetSettings()
-        configure_logging(settings.log_level)
-        return args.run(args, settings)
-    except FleetError as err:
-        print(f"producer {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"producer {args.command}: interrupted; run it again to carry on", file=sys.stderr)
-        return 130
+    return run_command("producer", _parser().parse_args(argv))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,11 +16,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
+import psycopg
 
 from workers import metrics
 from workers.batching import plan_batches
@@ -29,11 +28,11 @@ from workers.embedding import Encoder, load_encoder
 from workers.errors import DeviceOutOfMemory, InvalidInput
 from workers.heartbeat import Heartbeat
 from workers.ledger import Job, Ledger
+from workers.messages import Batch, Embedded, Failed, WorkGroup, chunk_ids_of
 from workers.pipeline import STOP, Stage, drain
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres, progress
 from workers.stores.catalog import IndexVersion
-from workers.stores.progress import PendingChunk
 
 log = logging.getLogger(__name__)
 
@@ -44,49 +43,6 @@ SINK_ROWS = 2048
 # Chunks claimed together: a few batches' worth, so tasks finish (and new ones arrive) steadily.
 CLAIM_CHUNKS = 256
 MIN_BUDGET_TOKENS = 512
-
-
-@dataclass
-class WorkGroup:
-    version: IndexVersion
-    chunks: list[PendingChunk]
-
-
-@dataclass
-class Batch:
-    version: IndexVersion
-    chunks: list[PendingChunk]
-    ids: list[list[int]]
-    features: Any
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(sequence) for sequence in self.ids)
-
-    @property
-    def padded_tokens(self) -> int:
-        return max(len(sequence) for sequence in self.ids) * len(self.ids)
-
-
-@dataclass
-class Embedded:
-    version: IndexVersion
-    chunks: list[PendingChunk]
-    vectors: np.ndarray
-
-
-@dataclass
-class Failed:
-    version: IndexVersion
-    chunk_ids: list[str]
-    kind: str
-    error: str
-
-
-def _chunk_ids(item: Any) -> tuple[int, list[str]]:
-    if isinstance(item, Failed):
-        return item.version.id, item.chunk_ids
-    return item.version.id, [chunk.id for chunk in item.chunks]
 
 
 class EmbedEngine:
@@ -103,14 +59,12 @@ class EmbedEngine:
         self.chunks_done = 0
         self._heartbeat: Heartbeat | None = None
         self.budget = settings.batch_tokens
-        self.forward_tokens = 0
-        self.padded_tokens = 0
         self.peak_memory_bytes = 0
         self._load_encoder = encoder_loader or partial(load_encoder, attention=settings.attention)
         self._encoders: dict[str, Encoder] = {}
         self._versions: dict[int, IndexVersion] = {}
         self._collections_ready: set[str] = set()
-        self._claim_conn = self._sink_conn = None
+        self._conns: dict[str, psycopg.Connection] = {}
         self._milvus = None
         self.ledger = Ledger()
         self._requests: queue.Queue = queue.Queue()
@@ -163,6 +117,9 @@ class EmbedEngine:
                 stage.join()
             self.stages = []
             self.ledger.abort_all(RuntimeError("the embed engine was closed"))
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
@@ -282,8 +239,6 @@ class EmbedEngine:
                 yield from self._forward_splitting(encoder, half)
             return
         padded = batch.tokens if encoder.packs_sequences else batch.padded_tokens
-        self.forward_tokens += batch.tokens
-        self.padded_tokens += padded
         self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch.chunks))
@@ -293,7 +248,7 @@ class EmbedEngine:
         yield Embedded(batch.version, batch.chunks, vectors)
 
     def _sink(self, first: Embedded | Failed) -> None:
-        items, stop_seen = drain(self.stages[3].inbox, first, SINK_ROWS, lambda item: len(_chunk_ids(item)[1]))
+        items, stop_seen = drain(self.stages[3].inbox, first, SINK_ROWS, lambda item: len(chunk_ids_of(item)[1]))
         try:
             for item in items:
                 if isinstance(item, Failed):
@@ -341,17 +296,15 @@ class EmbedEngine:
             if not item.future.done():
                 item.future.set_exception(error)
             return
-        self.ledger.abort(*_chunk_ids(item), error)
+        self.ledger.abort(*chunk_ids_of(item), error)
 
     # -- resources ----------------------------------------------------------------------------
 
-    def _conn(self, stage: str):
+    def _conn(self, stage: str) -> psycopg.Connection:
         """The claim and sink stages each have their own connection (psycopg serialises a connection)."""
-        attribute = f"_{stage}_conn"
-        conn = getattr(self, attribute)
+        conn = self._conns.get(stage)
         if conn is None or conn.closed or conn.broken:
-            conn = postgres.connect(self.settings)
-            setattr(self, attribute, conn)
+            conn = self._conns[stage] = postgres.connect(self.settings)
         return conn
 
     def _vectors(self):
