@@ -18,8 +18,6 @@ from workers.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
-# Longer than any prefetch + run time, else Redis redelivers work still in progress.
-VISIBILITY_TIMEOUT_S = 4 * 3600
 MAX_RETRY_DELAY_S = 300
 
 
@@ -36,7 +34,10 @@ def create_app(settings: FleetSettings) -> Celery:
         accept_content=["json"],
         task_default_queue=EMBED_QUEUE,
         task_routes={EMBED_TASK: {"queue": EMBED_QUEUE}},
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # Longer than any prefetch + run time, else Redis redelivers work still in progress;
+        # also how long the tasks of a killed worker wait before another worker gets them.
+        # Kombu sweeps for such tasks every 10 s × throttle (10 by default: 100 s); sweep every 10 s.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s, "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         # Threads, not prefork: CUDA breaks in forked children, and the engine merges the
         # tasks that the pool's threads hold into full batches.

@@ -35,6 +35,9 @@ class FleetSettings(BaseSettings):
     task_chunks: int = Field(32, ge=1, description="Chunks carried by one embed task.")
     worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")
     collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
+    visibility_timeout_s: int = Field(
+        4 * 3600, ge=1, description="Unacknowledged tasks go back to the queue after this (Redis broker)."
+    )
     max_attempts: int = Field(5, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
     metrics_port: int = Field(9100, ge=0, description="Worker /metrics port; 0 turns it off.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker records its progress in Postgres.")

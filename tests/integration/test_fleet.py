@@ -116,6 +116,58 @@ def test_two_worker_processes_share_the_work_without_duplicates(fleet_settings, 
     assert (status["embedded"], status["backlog"], status["stuck_workers"]) == (len(chunk_ids), 0, [])
 
 
+def test_worker_killed_mid_batch_loses_nothing(fleet_settings, tmp_path):
+    """SIGKILL a worker holding tasks; after the visibility timeout another worker finishes them."""
+    settings = fleet_settings.model_copy(update={"model": "null:64@2000", "task_chunks": 4})
+    # Two tasks held at a time, each done well within the visibility timeout: only the killed
+    # worker's tasks wait for it, and nothing is redelivered while still in progress.
+    env = {
+        **cli_env(settings),
+        "FLEET_TASK_CHUNKS": "4",
+        "FLEET_WORKER_CONCURRENCY": "2",
+        "FLEET_VISIBILITY_TIMEOUT_S": "5",
+        "FLEET_METRICS_PORT": "0",
+    }
+    first = start_worker(env, tmp_path / "first.log", "first")
+    second = None
+    try:
+        report = run_json(env, "producer", "ingest", str(write_corpus(tmp_path / "docs")))
+        total = report["chunks_enqueued"]
+        assert wait_until(lambda: 0 < embedded(settings) < total, 60), "the first worker made no progress"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        left = total - embedded(settings)
+        assert left > 0, "the first worker finished before it was killed: slow the model down"
+        second = start_worker(env, tmp_path / "second.log", "second")
+        assert wait_until(lambda: embedded(settings) == total, 120), f"{total - embedded(settings)} chunks lost"
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                stop(worker)
+    with closing(postgres.connect(settings)) as conn:
+        chunk_ids = {chunk_id for (chunk_id,) in conn.execute("SELECT id FROM chunks")}
+        version = catalog.live_version(conn)
+        (failed,) = conn.execute("SELECT count(*) FROM failures").fetchone()
+    stored = milvus.connect(settings).query(version.collection, filter="", output_fields=["chunk_id"], limit=16384)
+    assert sorted(row["chunk_id"] for row in stored) == sorted(chunk_ids)
+    assert failed == 0
+
+
+def embedded(settings) -> int:
+    with closing(postgres.connect(settings)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM chunk_embeddings WHERE embedded_at IS NOT NULL").fetchone()
+    return count
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_without_migrate_db_the_server_database_is_refused(make_settings, database_url, tmp_path):
     env = cli_env(make_settings(database_url=database_url))
     result = run_cli(env, "producer", "status", check=False)

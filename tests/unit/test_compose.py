@@ -554,41 +554,49 @@ def test_dashboard_uses_the_provisioned_datasource_and_shows_every_fleet_metric(
 # -- Compose itself -----------------------------------------------------------------------------
 
 
-def _compose_unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker client"
-    try:
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"`docker compose version` failed: {err}"
-    if probe.returncode != 0:
-        output = (probe.stderr or probe.stdout).strip().splitlines()
-        return f"`docker compose version` failed: {output[0] if output else f'exit {probe.returncode}'}"
-    return None
+def _compose() -> tuple[list[str] | None, str]:
+    """The compose command to validate with (the v2 plugin, else docker-compose v1), or why none."""
+    reasons = []
+    if shutil.which("docker") is not None:
+        try:
+            probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
+            if probe.returncode == 0:
+                return ["docker", "compose"], ""
+            output = (probe.stderr or probe.stdout).strip().splitlines()
+            reasons.append(f"`docker compose version` failed: {output[0] if output else f'exit {probe.returncode}'}")
+        except (OSError, subprocess.TimeoutExpired) as err:
+            reasons.append(f"`docker compose version` failed: {err}")
+    else:
+        reasons.append("no docker client")
+    if shutil.which("docker-compose") is not None:
+        return ["docker-compose"], ""
+    return None, "; ".join([*reasons, "no docker-compose either"])
 
 
-def _compose_config(tmp_path: Path, secrets: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def _compose_config(
+    compose: list[str], tmp_path: Path, secrets: dict[str, str], *args: str
+) -> subprocess.CompletedProcess:
     # An empty env file: a developer's own .env must not fill in what the test leaves out.
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     env = {key: value for key, value in os.environ.items() if key not in SECRETS and key != "DOCS_DIR"}
     env |= secrets
-    command = ["docker", "compose", "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args, "config"]
+    command = [*compose, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args, "config"]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path):
-    reason = _compose_unavailable()
-    if reason:
+    compose, reason = _compose()
+    if compose is None:
         pytest.skip(
             f"NOT VALIDATED BY COMPOSE: {reason}. docker-compose.yml was only checked by parsing; install the "
             "docker compose plugin to run `docker compose config` on it."
         )
     for profile in ([], ["--profile", "dashboards"]):
-        result = _compose_config(tmp_path, DUMMY_SECRETS, *profile)
+        result = _compose_config(compose, tmp_path, DUMMY_SECRETS, *profile)
         assert result.returncode == 0, result.stderr
         assert "dummy-pg-secret@postgres:5432/fleet" in result.stdout
     without = {key: value for key, value in DUMMY_SECRETS.items() if key != "POSTGRES_PASSWORD"}
-    result = _compose_config(tmp_path, without)
+    result = _compose_config(compose, tmp_path, without)
     assert result.returncode != 0, "compose accepted the file without POSTGRES_PASSWORD"
     assert "POSTGRES_PASSWORD" in result.stderr

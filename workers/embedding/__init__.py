@@ -8,7 +8,7 @@ from workers.embedding.model_info import ModelInfo, resolve_model
 
 
 def load_encoder(model: str, device: str = "auto", attention: str = "auto") -> Encoder:
-    """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM]`).
+    """The encoder for `model` (hub id, local directory, `fake[:DIM]` or `null[:DIM][@TOKENS_PER_S]`).
 
     `attention`: "auto" gives Qwen3 embedding models the packed (varlen) forward on CUDA, "packed"
     everywhere, "padded" never.
@@ -21,7 +21,7 @@ def load_encoder(model: str, device: str = "auto", attention: str = "auto") -> E
     if info.kind == "null":
         from workers.embedding.simulated import SimulatedEncoder
 
-        return SimulatedEncoder(info)
+        return SimulatedEncoder(info, tokens_per_s=info.simulated_tokens_per_s)
     from workers.embedding import qwen3_packed
     from workers.embedding.sentence_transformer import SentenceTransformerEncoder, pick_device
 

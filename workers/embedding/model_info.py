@@ -12,7 +12,8 @@ from pathlib import Path
 
 from workers.errors import ConfigError
 
-# `fake[:DIM]`: hashed bag of words (tests). `null[:DIM]`: constant vectors at no cost (benchmarks).
+# `fake[:DIM]`: hashed bag of words (tests). `null[:DIM][@TOKENS_PER_S]`: constant vectors, at no
+# cost or at a simulated device speed (benchmarks, fault tests).
 TEST_MODELS = ("fake", "null")
 FAKE_DEFAULT_DIM = 64
 FAKE_MAX_SEQ = 8192
@@ -28,6 +29,7 @@ class ModelInfo:
     dim: int
     max_seq_length: int
     query_prompt: str = ""
+    simulated_tokens_per_s: float | None = None
 
     @property
     def is_test_model(self) -> bool:
@@ -35,7 +37,7 @@ class ModelInfo:
 
     @property
     def kind(self) -> str:
-        return self.name.split(":")[0] if self.is_test_model else "sentence-transformers"
+        return re.split("[:@]", self.name)[0] if self.is_test_model else "sentence-transformers"
 
     @property
     def is_hub_id(self) -> bool:
@@ -49,10 +51,11 @@ class ModelInfo:
 @cache
 def resolve_model(name: str) -> ModelInfo:
     """Describe `name`: `fake[:DIM]`, `null[:DIM]`, a local sentence-transformers directory, or a hub id."""
-    test_model = re.fullmatch(rf"(?:{'|'.join(TEST_MODELS)})(?::(\d+))?", name)
+    test_model = re.fullmatch(rf"(?:{'|'.join(TEST_MODELS)})(?::(\d+))?(?:@(\d+))?", name)
     if test_model:
         dim = int(test_model.group(1) or FAKE_DEFAULT_DIM)
-        return ModelInfo(name=name, path=None, dim=dim, max_seq_length=FAKE_MAX_SEQ)
+        speed = float(test_model.group(2)) if test_model.group(2) else None
+        return ModelInfo(name=name, path=None, dim=dim, max_seq_length=FAKE_MAX_SEQ, simulated_tokens_per_s=speed)
     path = _local_dir(name)
     return ModelInfo(
         name=name,
