@@ -55,6 +55,7 @@ def main() -> int:
     }
     log(f"{len(texts)} chunks, {tokens} tokens ({tokens / len(texts):.0f} per chunk) on {device}")
 
+    report.update(st_fp32_tokens_per_s=None, st_bf16_tokens_per_s=None, bare_tokens_per_s=None)
     if real is not None:
         report["st_fp32_tokens_per_s"] = tokens / time_st(args.model, texts, "fp32", 32)
         report["st_bf16_tokens_per_s"] = (
