@@ -171,10 +171,11 @@ class EmbedEngine:
                     "attempts",
                     f"gave up after {self.settings.max_attempts} attempts (the worker died or failed each time)",
                 )
-            claimed_ids = [c.id for c in claimed]
+            claimed_ids = {c.id for c in claimed}
+            failed_ids = set(gave_up)
             for job in version_jobs:
-                self.ledger.open(job, version_id, [i for i in job.task.chunk_ids if i in claimed_ids], set(gave_up))
-            chunks = [c for c in claimed if c.id not in set(gave_up)]
+                self.ledger.open(job, version_id, [i for i in job.task.chunk_ids if i in claimed_ids], failed_ids)
+            chunks = [c for c in claimed if c.id not in failed_ids]
             if chunks:
                 groups.append(WorkGroup(version, chunks))
         return groups
@@ -189,10 +190,16 @@ class EmbedEngine:
                 merged[group.version.id].chunks.extend(group.chunks)
             else:
                 merged[group.version.id] = WorkGroup(group.version, list(group.chunks))
-        for group in merged.values():
-            yield from self._plan(group)
-        if stop_seen:
-            self.stages[1].inbox.put(STOP)
+        try:
+            for group in merged.values():
+                try:
+                    yield from self._plan(group)
+                except Exception as err:  # this group's tasks fail (and retry); the others go on
+                    log.exception("could not tokenize %d chunks", len(group.chunks))
+                    self._abort(group, err)
+        finally:
+            if stop_seen:
+                self.stages[1].inbox.put(STOP)
 
     def _plan(self, group: WorkGroup) -> Iterator[Batch | Failed]:
         """Tokenize a group, then cut it into length-sorted batches under the budget, padded."""

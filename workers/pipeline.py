@@ -65,17 +65,16 @@ class Stage:
                 if item is STOP:
                     self._put(STOP)
                     return
-                started = time.perf_counter()
+                started, blocked_before = time.perf_counter(), self.stats.blocked_s
                 try:
-                    outputs = list(self.work(item) or ())
+                    # Outputs go downstream as they come: the first batch need not wait for the last.
+                    for output in self.work(item) or ():
+                        self._put(output)
                 except Exception as err:  # the item's tasks fail and are retried; the stage goes on
                     log.exception("%s stage failed on an item", self.name)
                     self.on_error(item, err)
-                    outputs = []
-                self.stats.busy_s += time.perf_counter() - started
+                self.stats.busy_s += time.perf_counter() - started - (self.stats.blocked_s - blocked_before)
                 self.stats.items += 1
-                for output in outputs:
-                    self._put(output)
         except BaseException as err:
             log.exception("%s stage stopped", self.name)
             self.error = err

@@ -239,3 +239,22 @@ def test_pipeline_vectors_equal_sentence_transformers(request, make_settings, mi
     cosines = [float(stored[chunk_id] @ vector) for (chunk_id, _), vector in zip(rows, expected, strict=True)]
     assert len(stored) == len(rows) > 5
     assert min(cosines) >= 0.999
+
+
+class BrokenTokenizer(FakeEncoder):
+    def tokenize(self, texts):
+        raise RuntimeError("tokenizer crashed")
+
+
+def test_tokenizer_failure_fails_every_waiting_task_and_the_engine_goes_on(settings, pending):
+    version, ids = pending
+    tasks = make_tasks(version.id, ids, 4)
+    encoder = BrokenTokenizer(load_encoder("fake:64").info)
+    engine = EmbedEngine(settings.model_copy(update={"collect_ms": 0}), encoder_loader=lambda m, d: encoder)
+    futures = [engine.submit(task) for task in tasks]
+    for future in futures:  # every one resolves (none hangs), each with the tokenizer's error
+        with pytest.raises(RuntimeError, match="tokenizer crashed"):
+            future.result(timeout=30)
+    engine.check_healthy()  # the stage survived the item
+    engine.close()
+    assert embedded_count(settings, version) == 0
