@@ -13,11 +13,13 @@ from workers import metrics
 from workers.constants import EMBED_QUEUE, EMBED_TASK
 from workers.contracts import EmbedTask
 from workers.engine import EmbedEngine
-from workers.errors import ConfigError, PermanentError
+from workers.errors import ConfigError
 from workers.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
+# 5, 10, 20, … 300 s: FLEET_MAX_ATTEMPTS=8 deliveries ride out about ten minutes of an outage.
+RETRY_BASE_DELAY_S = 5
 MAX_RETRY_DELAY_S = 300
 
 
@@ -59,14 +61,16 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
     @app.task(name=EMBED_TASK, bind=True, max_retries=None)
     def embed(self, index_version: int, chunk_ids: list[str]) -> dict:
         """Embed chunks for an index version; returns counts (embedded, skipped, failed)."""
-        task = EmbedTask(index_version=index_version, chunk_ids=chunk_ids)
+        task = EmbedTask(index_version=index_version, chunk_ids=chunk_ids)  # a malformed message is dropped
         try:
             return engine.submit(task).result().to_dict()
-        except PermanentError:
-            raise
         except Exception as err:
-            # Per-chunk attempts in Postgres bound these retries for faults that do not heal.
-            raise self.retry(exc=err, countdown=min(MAX_RETRY_DELAY_S, 2**self.request.retries)) from err
+            # Every failure retries: a service down heals, a schema behind heals after `migrate db`,
+            # and a fault that never heals ends when its chunks exceed FLEET_MAX_ATTEMPTS
+            # deliveries and are recorded as failed — never dropped with the chunks left pending.
+            delay = min(MAX_RETRY_DELAY_S, RETRY_BASE_DELAY_S * 2**self.request.retries)
+            log.warning("task for %d chunks failed (%s); retrying in %ds", len(chunk_ids), err, delay)
+            raise self.retry(exc=err, countdown=delay) from err
 
     @signals.celeryd_init.connect(weak=False)
     def name_engine(sender: str, **_: object) -> None:

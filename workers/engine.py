@@ -25,7 +25,7 @@ from workers import metrics
 from workers.batching import plan_batches
 from workers.contracts import EmbedTask
 from workers.embedding import Encoder, load_encoder
-from workers.errors import DeviceOutOfMemory, InvalidInput
+from workers.errors import DeviceOutOfMemory
 from workers.heartbeat import Heartbeat
 from workers.ledger import Job, Ledger
 from workers.messages import Batch, Embedded, Failed, WorkGroup, chunk_ids_of
@@ -43,6 +43,7 @@ SINK_ROWS = 2048
 # Chunks claimed together: a few batches' worth, so tasks finish (and new ones arrive) steadily.
 CLAIM_CHUNKS = 256
 MIN_BUDGET_TOKENS = 512
+BUDGET_GROWTH = 1.02
 
 
 class EmbedEngine:
@@ -127,15 +128,18 @@ class EmbedEngine:
     # -- stages -----------------------------------------------------------------------------
 
     def _claim(self, first: Job) -> Iterator[WorkGroup]:
-        jobs = self._collect(first)
-        try:
-            groups = self._claim_jobs(jobs)
-        except Exception as err:
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(err)
-            return
-        yield from groups
+        by_version: dict[int, list[Job]] = defaultdict(list)
+        for job in self._collect(first):
+            by_version[job.task.index_version].append(job)
+        for version_id, jobs in by_version.items():
+            try:  # one version's trouble (its rows gone, Postgres down) fails only its tasks
+                group = self._claim_version(version_id, jobs)
+            except Exception as err:
+                log.warning("could not claim chunks of version %d: %s", version_id, err)
+                self.ledger.fail_jobs(jobs, err)
+                continue
+            if group is not None:
+                yield group
 
     def _collect(self, first: Job) -> list[Job]:
         """`first` and the tasks arriving within collect_ms, up to CLAIM_CHUNKS chunks."""
@@ -152,33 +156,31 @@ class EmbedEngine:
             jobs.append(job)
         return jobs
 
-    def _claim_jobs(self, jobs: list[Job]) -> list[WorkGroup]:
-        by_version: dict[int, list[Job]] = defaultdict(list)
+    def _claim_version(self, version_id: int, jobs: list[Job]) -> WorkGroup | None:
+        """Claim the pending chunks of `jobs` for one version; open the jobs in the ledger."""
+        version = self._version(version_id)
+        if version is None:  # dropped by `migrate cleanup`: its rows went with it, nothing to do
+            for job in jobs:
+                self.ledger.open(job, version_id, [], set())
+            return None
+        wanted = list(dict.fromkeys(cid for job in jobs for cid in job.task.chunk_ids))
+        claimed = progress.claim(self._conn("claim"), version_id, wanted)
+        gave_up = {c.id for c in claimed if c.attempts > self.settings.max_attempts}
+        if gave_up:
+            metrics.FAILURES.labels("attempts").inc(len(gave_up))
+            progress.record_failure(
+                self._conn("claim"),
+                version_id,
+                sorted(gave_up),
+                "attempts",
+                f"gave up after {self.settings.max_attempts} deliveries (the worker died or the task failed each "
+                "time; see the worker log)",
+            )
+        claimed_ids = {c.id for c in claimed}
         for job in jobs:
-            by_version[job.task.index_version].append(job)
-        groups = []
-        for version_id, version_jobs in by_version.items():
-            version = self._version(version_id)
-            wanted = list(dict.fromkeys(cid for job in version_jobs for cid in job.task.chunk_ids))
-            claimed = progress.claim(self._conn("claim"), version_id, wanted)
-            gave_up = [c.id for c in claimed if c.attempts > self.settings.max_attempts]
-            if gave_up:
-                metrics.FAILURES.labels("attempts").inc(len(gave_up))
-                progress.record_failure(
-                    self._conn("claim"),
-                    version_id,
-                    gave_up,
-                    "attempts",
-                    f"gave up after {self.settings.max_attempts} attempts (the worker died or failed each time)",
-                )
-            claimed_ids = {c.id for c in claimed}
-            failed_ids = set(gave_up)
-            for job in version_jobs:
-                self.ledger.open(job, version_id, [i for i in job.task.chunk_ids if i in claimed_ids], failed_ids)
-            chunks = [c for c in claimed if c.id not in failed_ids]
-            if chunks:
-                groups.append(WorkGroup(version, chunks))
-        return groups
+            self.ledger.open(job, version_id, [i for i in job.task.chunk_ids if i in claimed_ids], gave_up)
+        chunks = [c for c in claimed if c.id not in gave_up]
+        return WorkGroup(version, chunks) if chunks else None
 
     def _tokenize(self, first: WorkGroup) -> Iterator[Batch | Failed]:
         # Groups already waiting are planned together: fuller batches when work is plentiful,
@@ -205,17 +207,20 @@ class EmbedEngine:
         """Tokenize a group, then cut it into length-sorted batches under the budget, padded."""
         encoder = self._encoder(group.version.model)
         ids = encoder.tokenize([chunk.text for chunk in group.chunks])
-        budget = self.budget
-        too_long = {i for i, sequence in enumerate(ids) if len(sequence) > budget}
+        limit = self.settings.batch_tokens
+        too_long = {i for i, sequence in enumerate(ids) if len(sequence) > limit}
         if too_long:
             yield Failed(
                 group.version,
                 [group.chunks[i].id for i in too_long],
                 "too_long",
-                f"longer than the batch budget of {budget} tokens: raise FLEET_BATCH_TOKENS",
+                f"longer than the batch budget of {limit} tokens: raise FLEET_BATCH_TOKENS",
             )
         keep = [i for i in range(len(ids)) if i not in too_long]
-        for batch in plan_batches([len(ids[i]) for i in keep], budget, packed=encoder.packs_sequences):
+        lengths = [len(ids[i]) for i in keep]
+        # After an OOM the budget is lower; a chunk above it still goes, in a batch of its own.
+        budget = max([self.budget, *lengths])
+        for batch in plan_batches(lengths, budget, packed=encoder.packs_sequences):
             members = [keep[i] for i in batch]
             batch_ids = [ids[i] for i in members]
             yield Batch(group.version, [group.chunks[i] for i in members], batch_ids, encoder.collate(batch_ids))
@@ -237,8 +242,7 @@ class EmbedEngine:
             self.budget = max(MIN_BUDGET_TOKENS, int(min(self.budget, cost) * 0.75))
             log.warning("%s; batch budget now %d tokens", err, self.budget)
             if len(batch.chunks) == 1:
-                yield Failed(batch.version, [batch.chunks[0].id], "oom", f"does not fit on the device alone: {err}")
-                return
+                raise  # transient: the task retries, and the chunk's attempts bound the retries
             middle = len(batch.chunks) // 2
             for part in (slice(0, middle), slice(middle, None)):
                 ids = batch.ids[part]
@@ -246,6 +250,8 @@ class EmbedEngine:
                 yield from self._forward_splitting(encoder, half)
             return
         padded = batch.tokens if encoder.packs_sequences else batch.padded_tokens
+        # Memory freed since an OOM (other models, fragmentation): win the budget back slowly.
+        self.budget = min(self.settings.batch_tokens, int(self.budget * BUDGET_GROWTH) + 1)
         self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch.chunks))
@@ -319,11 +325,11 @@ class EmbedEngine:
             self._milvus = milvus.connect(self.settings)
         return self._milvus
 
-    def _version(self, version_id: int) -> IndexVersion:
+    def _version(self, version_id: int) -> IndexVersion | None:
         if version_id not in self._versions:
             version = catalog.get_version(self._conn("claim"), version_id)
             if version is None:
-                raise InvalidInput(f"index version {version_id} does not exist")
+                return None
             self._versions[version_id] = version
         return self._versions[version_id]
 

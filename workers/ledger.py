@@ -57,6 +57,17 @@ class Ledger:
                 for job in self._jobs_of.pop((version_id, chunk_id), []):
                     self._fail(job, error)
 
+    def fail_jobs(self, jobs: list[Job], error: BaseException) -> None:
+        """These tasks fail as a whole (their chunks could not even be claimed)."""
+        with self._lock:
+            for job in jobs:
+                self._fail(job, error)
+                for chunk_id in job.waiting:
+                    key = (job.task.index_version, chunk_id)
+                    others = [other for other in self._jobs_of.pop(key, []) if other is not job]
+                    if others:
+                        self._jobs_of[key] = others
+
     def abort_all(self, error: BaseException) -> None:
         with self._lock:
             for job in list(self._jobs.values()):

@@ -38,7 +38,7 @@ class FleetSettings(BaseSettings):
     visibility_timeout_s: int = Field(
         4 * 3600, ge=1, description="Unacknowledged tasks go back to the queue after this (Redis broker)."
     )
-    max_attempts: int = Field(5, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
+    max_attempts: int = Field(8, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
     metrics_port: int = Field(9100, ge=0, description="Worker /metrics port; 0 turns it off.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker records its progress in Postgres.")
     stuck_after_s: float = Field(300.0, gt=0, description="No progress for this long while holding work: stuck.")

@@ -48,7 +48,7 @@ def pending(settings, tmp_path):
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
     with closing(postgres.connect(settings)) as conn:
         version = catalog.live_version(conn)
-        conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL")
+        conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL, attempts = 0")
         ids = progress.pending_chunk_ids(conn, version.id)
     milvus.connect(settings).delete(version.collection, ids=ids)
     return version, ids
@@ -160,15 +160,27 @@ def test_out_of_memory_splits_the_batch_and_shrinks_the_budget(settings, pending
     assert engine.budget < settings.batch_tokens
 
 
-def test_a_chunk_that_never_fits_is_recorded_as_failed(settings, pending):
+def test_chunks_over_a_shrunken_budget_still_embed(settings, pending):
     version, ids = pending
-    (result,) = run_engine(
-        settings, OutOfMemoryAbove(load_encoder("fake:64").info, limit=0), make_tasks(version.id, ids[:3], 3)
-    )
+    engine = EmbedEngine(settings, encoder_loader=lambda model, device: RecordingEncoder(load_encoder("fake:64").info))
+    engine.budget = 8  # as after many OOMs: below every chunk's length, but the configured limit is not
+    (result,) = [f.result(timeout=60) for f in [engine.submit(make_tasks(version.id, ids, len(ids))[0])]]
+    engine.close()
+    assert (result.embedded, result.failed) == (len(ids), 0)
+
+
+def test_a_chunk_that_never_fits_fails_its_task_until_its_attempts_run_out(settings, pending):
+    version, ids = pending
+    encoder = OutOfMemoryAbove(load_encoder("fake:64").info, limit=0)
+    task = make_tasks(version.id, ids[:3], 3)[0]
+    for _ in range(settings.max_attempts):  # each delivery: OOM, the task fails and would retry
+        with pytest.raises(DeviceOutOfMemory):
+            run_engine(settings, encoder, [task])
+    (result,) = run_engine(settings, encoder, [task])
     assert result.failed == 3
     with closing(postgres.connect(settings)) as conn:
         kinds = {kind for (kind,) in conn.execute("SELECT kind FROM failures")}
-    assert kinds == {"oom"}
+    assert kinds == {"attempts"}
 
 
 def test_task_split_across_batches_resolves_only_when_all_its_chunks_are_stored(settings, pending):
