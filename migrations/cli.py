@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
     cleanup = _command(commands, "cleanup", "drop the collections of retired index versions", _run_cleanup)
     cleanup.add_argument("--yes", action="store_true", help="confirm: rollback to them is no longer possible")
+    abort = _command(commands, "abort", "abandon a re-index: drop the versions being built", _run_abort)
+    abort.add_argument("--yes", action="store_true", help="confirm: their vectors are dropped")
     return parser
 
 
@@ -134,6 +136,17 @@ def _run_cleanup(args: argparse.Namespace, settings: FleetSettings) -> int:
         return 2
     dropped = commands.cleanup(settings)
     return _emit(args, {"dropped": dropped}, f"dropped {', '.join(dropped)}" if dropped else "nothing to drop")
+
+
+def _run_abort(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    building = [v["name"] for v in commands.status(settings) if v["state"] == "building"]
+    if building and not args.yes and not _confirm(f"drop {', '.join(building)} (the re-index in progress)?"):
+        print("migrate abort: error: not confirmed; pass --yes to drop the versions being built", file=sys.stderr)
+        return 2
+    dropped = commands.cleanup(settings, state="building")
+    return _emit(args, {"dropped": dropped}, f"dropped {', '.join(dropped)}" if dropped else "nothing being built")
 
 
 def _confirm(question: str) -> bool:

@@ -8,7 +8,8 @@ from migrations import reindex, runner
 from producer.commands import dispatcher_for
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
-from workers.errors import InvalidInput
+from workers.constants import STATE_RETIRED
+from workers.errors import InvalidInput, ServiceUnavailable
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres
 
@@ -18,6 +19,10 @@ def migrate_db(settings: FleetSettings) -> dict:
         applied = runner.apply(conn)
         (current,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     return {"applied": [f"{m.version:04d}_{m.name}" for m in applied], "schema_version": current}
+
+
+# Rounds of "embed what arrived, try the switch again" before giving up on a busy ingest.
+CUTOVER_ROUNDS = 5
 
 
 def run_reindex(
@@ -55,24 +60,38 @@ def run_reindex(
             report["eval"] = _gate(conn, client, blue, green, cases, settings.device, max_regression, force)
         if cutover:
             started = time.perf_counter()
-            reindex.cutover(conn, client, green)
+            report["caught_up_at_cutover"] = _switch(settings, conn, client, green)
             report["cutover"] = True
             report["cutover_seconds"] = time.perf_counter() - started
         return report
 
 
 def _backfill(settings, conn, client, blue, green, derive: bool) -> int:
-    """Embed every chunk pending for green, through the workers or from blue's vectors."""
-    if derive:
-        done = reindex.derive_vectors(conn, client, blue, green)
-    else:
-        dispatcher = dispatcher_for(settings)
-        done = send_pending(dispatcher, conn, green, settings.task_chunks)
-        dispatcher.wait(conn, [green])
-    # Chunks ingested while green was created: the producer's dual write covers those after it.
-    if reindex.fill_pending(conn, green):
-        return done + _backfill(settings, conn, client, blue, green, derive=False)
-    return done
+    """Embed every chunk green lacks: from blue's vectors when only the dimension shrinks, then
+    through the workers (all of them, or what blue did not have)."""
+    derived = reindex.derive_vectors(conn, client, blue, green) if derive else 0
+    return derived + _embed_pending(settings, conn, green)
+
+
+def _embed_pending(settings: FleetSettings, conn, version) -> int:
+    """Send every chunk `version` lacks to the workers (in-process without a broker) and wait."""
+    reindex.fill_pending(conn, version)
+    dispatcher = dispatcher_for(settings)
+    sent = send_pending(dispatcher, conn, version, settings.task_chunks)
+    dispatcher.wait(conn, [version])
+    return sent
+
+
+def _switch(settings: FleetSettings, conn, client, version) -> int:
+    """Make `version` live, first embedding chunks ingested meanwhile; returns how many those were."""
+    caught_up = 0
+    for _ in range(CUTOVER_ROUNDS):
+        if reindex.cutover(conn, client, version):
+            return caught_up
+        caught_up += _embed_pending(settings, conn, version)
+    raise ServiceUnavailable(
+        f"chunks keep arriving faster than {version.collection} catches up; run the command again later"
+    )
 
 
 def _gate(conn, client, blue, green, cases, device: str, max_regression: float, force: bool) -> dict:
@@ -96,18 +115,16 @@ def status(settings: FleetSettings) -> list[dict]:
 
 
 def rollback(settings: FleetSettings) -> dict:
+    """Back to the previous version, after embedding for it the chunks ingested since it retired."""
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
-        current, previous = reindex.rollback(conn, client)
-        # Chunks ingested while the newer version was live: embed them for the restored one.
-        added = reindex.fill_pending(conn, previous)
-        if added:
-            dispatcher = dispatcher_for(settings)
-            send_pending(dispatcher, conn, previous, settings.task_chunks)
-            dispatcher.wait(conn, [previous])
-    return {"from": current.collection, "to": previous.collection, "chunks_caught_up": added}
+        current, previous = reindex.rollback_target(conn, client)
+        caught_up = _embed_pending(settings, conn, previous)
+        caught_up += _switch(settings, conn, client, previous)
+    return {"from": current.collection, "to": previous.collection, "chunks_caught_up": caught_up}
 
 
-def cleanup(settings: FleetSettings) -> list[str]:
+def cleanup(settings: FleetSettings, state: str = STATE_RETIRED) -> list[str]:
+    """Drop the versions in `state`: retired ones (cleanup) or building ones (abort)."""
     with closing(postgres.connect(settings)) as conn:
-        return [version.collection for version in reindex.cleanup(conn, milvus.connect(settings))]
+        return [version.collection for version in reindex.cleanup(conn, milvus.connect(settings), state)]

@@ -14,11 +14,11 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.index import target_dim
-from workers.constants import RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.constants import LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
 from workers.embedding import resolve_model
 from workers.embedding.base import fit_dimension
 from workers.embedding.tokenizer import load_token_counter
-from workers.errors import InvalidInput
+from workers.errors import InvalidInput, ServiceUnavailable
 from workers.stores import catalog, milvus, progress
 from workers.stores.catalog import IndexVersion
 
@@ -146,7 +146,13 @@ def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVe
                 for row, vector in zip(rows, vectors, strict=True)
             ]
             milvus.upsert(client, green.collection, vector_rows)
-            marked += len(progress.mark_embedded(conn, green.id, [row["chunk_id"] for row in rows]))
+            ids = [row["chunk_id"] for row in rows]
+            done = progress.mark_embedded(conn, green.id, ids)
+            # A chunk removed by an ingest meanwhile: no vector of it may stay in green.
+            orphans = [chunk_id for chunk_id in ids if chunk_id not in done]
+            if orphans:
+                milvus.delete(client, green.collection, orphans)
+            marked += len(done)
     finally:
         iterator.close()
     return marked
@@ -183,42 +189,61 @@ def verify(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion
     return result
 
 
-def cutover(conn: psycopg.Connection, client: MilvusClient, green: IndexVersion) -> IndexVersion | None:
-    """Make `green` live: Postgres states in one transaction, then the alias in one atomic switch."""
-    blue = catalog.live_version(conn)
-    milvus.ensure_loaded(client, green.collection)  # loaded before any search can reach it
+def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion) -> bool:
+    """Make `version` live, unless chunks arrived that it lacks (then False: embed them first).
+
+    Under the versions lock no ingest can commit meanwhile. The alias switches first (one atomic
+    `alter_alias`, checked by reading a sentinel through it), then the states in Postgres: if the
+    switch fails, Postgres still says what it said and the same command can run again.
+    """
+    milvus.ensure_loaded(client, version.collection)  # loaded before any search can reach it
     with conn.transaction():
-        if blue is not None:
-            conn.execute("UPDATE index_versions SET state = %s WHERE id = %s", (STATE_RETIRED, blue.id))
-        conn.execute("UPDATE index_versions SET state = %s, activated_at = now() WHERE id = %s", (STATE_LIVE, green.id))
-    milvus.point_live_alias(client, green.collection)
-    _check_alias(client, green)
-    return blue
+        catalog.lock_versions(conn, exclusive=True)
+        if fill_pending(conn, version) or progress.progress(conn, version.id).pending:
+            return False
+        milvus.point_live_alias(client, version.collection)
+        _check_alias(conn, client, version)
+        conn.execute(
+            "UPDATE index_versions SET state = %s WHERE state = %s AND id <> %s",
+            (STATE_RETIRED, STATE_LIVE, version.id),
+        )
+        conn.execute(
+            "UPDATE index_versions SET state = %s, activated_at = now() WHERE id = %s", (STATE_LIVE, version.id)
+        )
+    return True
 
 
-def _check_alias(client: MilvusClient, version: IndexVersion) -> None:
-    """Read a sentinel row through the alias: old servers cached aliases (see DESIGN.md)."""
-    rows = client.query(milvus.LIVE_ALIAS, filter="", output_fields=["vector"], limit=1)
-    if milvus.alias_target(client) != version.collection or (rows and len(rows[0]["vector"]) != version.dim):
-        raise RuntimeError(f"the alias {milvus.LIVE_ALIAS!r} does not serve {version.collection} after the switch")
+def _check_alias(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion) -> None:
+    """Read a sentinel row through the alias and in the collection: old servers cached aliases."""
+    row = conn.execute(
+        "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s AND embedded_at IS NOT NULL LIMIT 1",
+        (version.id,),
+    ).fetchone()
+    if milvus.alias_target(client) != version.collection:
+        raise ServiceUnavailable(f"the alias {LIVE_ALIAS!r} does not point at {version.collection} after the switch")
+    if row is None:
+        return
+    through_alias = client.get(LIVE_ALIAS, ids=[row[0]], output_fields=["vector"])
+    direct = client.get(version.collection, ids=[row[0]], output_fields=["vector"])
+    if not through_alias or not np.allclose(through_alias[0]["vector"], direct[0]["vector"]):
+        raise ServiceUnavailable(f"the alias {LIVE_ALIAS!r} still serves another collection than {version.collection}")
 
 
-def rollback(conn: psycopg.Connection, client: MilvusClient) -> tuple[IndexVersion, IndexVersion]:
-    """Point the alias back at the most recent retired version still kept; returns (from, to)."""
+def rollback_target(conn: psycopg.Connection, client: MilvusClient) -> tuple[IndexVersion, IndexVersion]:
+    """The live version and the most recent retired version still kept: (from, to) of a rollback."""
     live = catalog.live_version(conn)
     retired = [
         v for v in catalog.all_versions(conn) if v.state == STATE_RETIRED and client.has_collection(v.collection)
     ]
     if live is None or not retired:
         raise InvalidInput("there is no retired index version to roll back to (cleaned up, or never re-indexed)")
-    previous = max(retired, key=lambda version: version.id)
-    cutover(conn, client, previous)
-    return live, previous
+    return live, max(retired, key=lambda version: version.id)
 
 
-def cleanup(conn: psycopg.Connection, client: MilvusClient) -> list[IndexVersion]:
-    """Drop the collections of retired versions and forget them (no rollback to them after this)."""
-    dropped = [version for version in catalog.all_versions(conn) if version.state == STATE_RETIRED]
+def cleanup(conn: psycopg.Connection, client: MilvusClient, state: str = STATE_RETIRED) -> list[IndexVersion]:
+    """Drop the collections of the versions in `state` (retired: no rollback to them after this;
+    building: an abandoned re-index) and forget them."""
+    dropped = [version for version in catalog.all_versions(conn) if version.state == state]
     for version in dropped:
         if client.has_collection(version.collection):
             client.drop_collection(version.collection)

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="chunk documents under PATH and embed them")
-    ingest.add_argument("path", type=Path, help="folder (or file) of .md, .markdown, .txt documents")
+    ingest.add_argument("path", type=Path, help="folder of .md, .markdown, .txt documents")
     ingest.add_argument("--level", type=_level, help="access level of files without one in their front matter")
     ingest.add_argument("--wait", action="store_true", help="with a broker: block until the work is embedded")
     _add_json(ingest, _run_ingest)

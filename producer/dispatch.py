@@ -8,7 +8,8 @@ import psycopg
 from tqdm import tqdm
 
 from workers.constants import EMBED_QUEUE, EMBED_TASK
-from workers.contracts import EmbedResult, EmbedTask
+from workers.contracts import EmbedTask
+from workers.errors import ServiceUnavailable
 from workers.settings import FleetSettings
 from workers.stores import progress
 from workers.stores.catalog import IndexVersion
@@ -41,23 +42,35 @@ class CeleryDispatcher:
         from workers.celery_app import create_app
 
         self.app = create_app(settings)
+        self.stall_after_s = settings.stuck_after_s
 
     def send(self, tasks: list[EmbedTask]) -> None:
         for task in tasks:
             self.app.send_task(EMBED_TASK, kwargs=task.to_kwargs(), queue=EMBED_QUEUE)
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
-        totals = [progress.progress(conn, version.id) for version in versions]
-        bar = tqdm(total=sum(p.total for p in totals), desc="embedded", unit="chunk", disable=None)
-        while True:
-            totals = [progress.progress(conn, version.id) for version in versions]
-            bar.total = sum(p.total for p in totals)
-            bar.n = sum(p.embedded + p.failed for p in totals)
-            bar.refresh()
-            if not any(p.pending for p in totals):
-                break
-            time.sleep(POLL_S)
-        bar.close()
+        """Poll until nothing is pending; give up when nothing moved for FLEET_STUCK_AFTER_S."""
+        bar = tqdm(desc="embedded", unit="chunk", disable=None)
+        last_done, last_progress = -1, time.monotonic()
+        try:
+            while True:
+                totals = [progress.progress(conn, version.id) for version in versions]
+                done = sum(p.embedded + p.failed for p in totals)
+                bar.total, bar.n = sum(p.total for p in totals), done
+                bar.refresh()
+                if not any(p.pending for p in totals):
+                    return
+                if done != last_done:
+                    last_done, last_progress = done, time.monotonic()
+                elif time.monotonic() - last_progress > self.stall_after_s:
+                    raise ServiceUnavailable(
+                        f"nothing embedded for {self.stall_after_s:.0f}s with {bar.total - done} chunks pending: "
+                        "are workers running (`celery -A workers.app worker`)? The work stays queued; "
+                        "`producer status` shows it, `producer retry --pending` re-sends it"
+                    )
+                time.sleep(POLL_S)
+        finally:
+            bar.close()
 
 
 class InProcessDispatcher:
@@ -72,16 +85,14 @@ class InProcessDispatcher:
     def send(self, tasks: list[EmbedTask]) -> None:
         self._futures += [(task, self._engine.submit(task)) for task in tasks]
 
-    def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> EmbedResult:
-        total = EmbedResult()
+    def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         with tqdm(
             total=sum(len(t.chunk_ids) for t, _ in self._futures), desc="embedded", unit="chunk", disable=None
         ) as bar:
             try:
                 for task, future in self._futures:
-                    total += future.result()
+                    future.result()
                     bar.update(len(task.chunk_ids))
             finally:
                 self._futures.clear()
                 self._engine.close()
-        return total

@@ -37,10 +37,7 @@ class Rejection:
 
 
 def find_files(root: Path) -> Iterator[Path]:
-    """Files with a supported suffix under `root` (or `root` itself), in a stable order."""
-    if root.is_file():
-        yield root
-        return
+    """Files with a supported suffix under the folder `root`, in a stable order."""
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix.lower() in SUFFIXES and not _is_hidden(path.relative_to(root)):
             yield path
@@ -51,7 +48,7 @@ def _is_hidden(relative: Path) -> bool:
 
 
 def source_path(path: Path, root: Path) -> str:
-    return path.name if root.is_file() else path.relative_to(root).as_posix()
+    return path.relative_to(root).as_posix()
 
 
 def read_document(path: Path, root: Path, default_level: AccessLevel | None) -> Document | Rejection:

@@ -74,8 +74,14 @@ def ingest(
     info: ModelInfo,
     dispatcher: Dispatcher,
 ) -> IngestReport:
-    if not root.exists():
-        raise InvalidInput(f"{root} does not exist: give a folder or file of .md, .markdown or .txt documents")
+    if not root.is_dir():
+        hint = (
+            "give the folder that holds it: a document's identity is its path inside the folder, and "
+            "unchanged files are skipped"
+            if root.is_file()
+            else "give a folder of .md, .markdown or .txt documents"
+        )
+        raise InvalidInput(f"{root} is not a folder: {hint}")
     report = IngestReport()
     live, mismatch = ensure_live_version(conn, client, settings, info)
     info = resolve_model(live.model)
@@ -85,7 +91,6 @@ def ingest(
         if warning:
             log.warning(warning)
             report.warnings.append(warning)
-    versions = catalog.active_versions(conn)
     in_process = isinstance(dispatcher, InProcessDispatcher)
     for path in find_files(root):
         report.files_seen += 1
@@ -96,19 +101,19 @@ def ingest(
             report.rejected.append(document)
             continue
         chunks = chunk_text(document.body, counter, limits)
-        registration = register(conn, document, chunks, [version.id for version in versions])
+        registration = register(conn, document, chunks)
         report.count(registration.status)
         report.chunks_removed += len(registration.removed)
         if registration.removed:
             # Retired versions too: a rollback to one must not bring removed chunks back.
             for version in catalog.all_versions(conn):
-                milvus.delete(client, version.collection, registration.removed)
-        for version in versions:
-            if registration.added and not in_process:
-                dispatcher.send(make_tasks(version.id, registration.added, settings.task_chunks))
-        if not in_process:
-            report.chunks_enqueued += len(registration.added) * len(versions)
+                if client.has_collection(version.collection):
+                    milvus.delete(client, version.collection, registration.removed)
+        if registration.added and not in_process:
+            for version_id in registration.version_ids:
+                dispatcher.send(make_tasks(version_id, registration.added, settings.task_chunks))
+                report.chunks_enqueued += len(registration.added)
     if in_process:
-        for version in versions:
+        for version in catalog.active_versions(conn):
             report.chunks_enqueued += send_pending(dispatcher, conn, version, settings.task_chunks)
     return report

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from producer.chunking import Chunk
 from producer.documents import Document
+from workers.stores import catalog
 
 Status = Literal["new", "changed", "unchanged"]
 
@@ -21,6 +22,7 @@ Status = Literal["new", "changed", "unchanged"]
 class Registration:
     status: Status
     document_id: int
+    version_ids: list[int]
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
@@ -30,15 +32,18 @@ def chunk_id(document: Document, ordinal: int, text: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk], version_ids: list[int]) -> Registration:
-    """Store `document` and its chunks in one transaction; queue new chunks for each version."""
+def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk]) -> Registration:
+    """Store `document` and its chunks in one transaction; queue new chunks for each active version
+    (live and building: the dual write of a re-index), read under the versions lock."""
     with conn.transaction():
+        catalog.lock_versions(conn, exclusive=False)
+        version_ids = [version.id for version in catalog.active_versions(conn)]
         existing = conn.execute(
             "SELECT id, content_sha256, access_level FROM documents WHERE source_path = %s FOR UPDATE",
             (document.source_path,),
         ).fetchone()
         if existing and existing[1:] == (document.content_sha256, int(document.access_level)):
-            return Registration("unchanged", existing[0])
+            return Registration("unchanged", existing[0], version_ids)
         document_id = _upsert_document(conn, document)
         wanted = {chunk_id(document, ordinal, chunk.text): (ordinal, chunk) for ordinal, chunk in enumerate(chunks)}
         present = {row[0] for row in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))}
@@ -55,7 +60,7 @@ def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk], 
                 "INSERT INTO chunk_embeddings (index_version_id, chunk_id) VALUES (%s, %s)",
                 [(version_id, cid) for version_id in version_ids for cid in added],
             )
-        return Registration("changed" if existing else "new", document_id, added, removed)
+        return Registration("changed" if existing else "new", document_id, version_ids, added, removed)
 
 
 def _upsert_document(conn: psycopg.Connection, document: Document) -> int:

@@ -44,6 +44,8 @@ SINK_ROWS = 2048
 CLAIM_CHUNKS = 256
 MIN_BUDGET_TOKENS = 512
 BUDGET_GROWTH = 1.02
+# Long enough to finish the batches in flight; a dead stage must not hang a worker's shutdown.
+CLOSE_TIMEOUT_S = 120
 
 
 class EmbedEngine:
@@ -115,7 +117,7 @@ class EmbedEngine:
         if self.stages:
             self._requests.put(STOP)
             for stage in self.stages:
-                stage.join()
+                stage.join(timeout=CLOSE_TIMEOUT_S)
             self.stages = []
             self.ledger.abort_all(RuntimeError("the embed engine was closed"))
             for conn in self._conns.values():

@@ -13,6 +13,8 @@ from workers.errors import FleetError
 from workers.logs import configure_logging
 from workers.settings import FleetSettings
 
+_SERVICE_LIBRARIES = {"psycopg": "Postgres", "pymilvus": "Milvus", "redis": "Redis", "kombu": "the broker"}
+
 
 def run_command(prog: str, args: argparse.Namespace) -> int:
     """Run `args.run(args, settings)` for the `prog` command line."""
@@ -28,6 +30,16 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         return args.run(args, settings)
     except FleetError as err:
         print(f"{where}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # A backing service that failed mid-command (restart, network): say so, without a traceback.
+        if type(err).__module__.split(".")[0] not in _SERVICE_LIBRARIES:
+            raise
+        print(
+            f"{where}: error: {_SERVICE_LIBRARIES[type(err).__module__.split('.')[0]]} failed ({err}); "
+            "check that it is up and run the command again",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{where}: interrupted; run it again to carry on where it stopped", file=sys.stderr)

@@ -52,10 +52,6 @@ class Stage:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def _run(self) -> None:
         try:
             while True:
@@ -78,6 +74,14 @@ class Stage:
         except BaseException as err:
             log.exception("%s stage stopped", self.name)
             self.error = err
+            self._put_nowait(STOP)  # the stages after it stop too, instead of waiting forever
+
+    def _put_nowait(self, item: Any) -> None:
+        if self.outbox is not None:
+            try:
+                self.outbox.put_nowait(item)
+            except queue.Full:
+                log.error("%s stage could not pass STOP on: its outbox is full", self.name)
 
     def _put(self, item: Any) -> None:
         if self.outbox is None:

@@ -178,6 +178,13 @@ def test_without_migrate_db_the_server_database_is_refused(make_settings, databa
     assert run_json(env, "producer", "status")["documents"] == 0
 
 
+def test_wait_without_workers_gives_up_with_advice(fleet_settings, tmp_path):
+    env = {**cli_env(fleet_settings), "FLEET_STUCK_AFTER_S": "2"}
+    result = run_cli(env, "producer", "ingest", str(write_corpus(tmp_path / "docs")), "--wait", check=False)
+    assert result.returncode == 2
+    assert "are workers running" in result.stderr and "producer retry --pending" in result.stderr
+
+
 def test_unknown_level_is_a_usage_error(make_settings, database_url):
     result = run_cli(
         cli_env(make_settings(database_url=database_url)), "producer", "search", "q", "--level", "ceo", check=False

@@ -84,8 +84,14 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
     hits = commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 10)
     assert "memo.md" in {hit.source_path for hit in hits}
 
+    # Ingested while green is live: blue (retired) gets no rows, so rollback must catch it up.
+    (docs / "late.md").write_text("---\naccess_level: public\n---\nThe rooftop garden opens in spring.\n")
+    commands.ingest(settings, docs, None, wait=False)
     rolled = migrate.rollback(settings)
-    assert rolled["to"] == "chunks_v1"
+    assert rolled["to"] == "chunks_v1" and rolled["chunks_caught_up"] >= 1
+    assert (
+        commands.search(settings, "rooftop garden opens in spring", AccessLevel.public, 1)[0].source_path == "late.md"
+    )
     assert commands.status(settings)["index"]["dim"] == 384
     assert (
         commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 1)[0].source_path
@@ -193,3 +199,27 @@ def test_status_and_cleanup(make_settings, migrated_url, tmp_path):
     assert not milvus.connect(settings).has_collection("chunks_v1")
     with pytest.raises(InvalidInput, match="no retired index version"):
         migrate.rollback(settings)
+
+
+def test_cutover_waits_for_chunks_green_lacks(make_settings, migrated_url, tmp_path):
+    from migrations import reindex as rx
+
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    client = milvus.connect(settings)
+    with closing(postgres.connect(settings)) as conn:
+        green = rx.start_green(conn, client, "fake:32", 32)  # nothing embedded for it yet
+        assert rx.cutover(conn, client, green) is False
+        assert catalog.live_version(conn).id == 1
+    assert milvus.alias_target(client) == "chunks_v1"
+
+
+def test_abort_drops_the_version_being_built(make_settings, migrated_url, tmp_path):
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    reindex(settings, "fake:32", cutover=False)
+    assert migrate.cleanup(settings, state="building") == ["chunks_v2"]
+    assert [v["state"] for v in migrate.status(settings)] == ["live"]
+    assert not milvus.connect(settings).has_collection("chunks_v2")
+    report = commands.ingest(settings, write_corpus(tmp_path / "more", [("x.md", "public", "New.")]), None, wait=False)
+    assert report.chunks_enqueued == 1  # written to the live version only

@@ -18,6 +18,15 @@ class IndexVersion:
 
 
 _COLUMNS = "id, model, dim, collection, state"
+# Transactions that write chunk rows take it shared; one that changes which versions are active
+# (create, cutover) takes it exclusively — so no chunk is written for a stale set of versions.
+_VERSIONS_LOCK = 7_340_212
+
+
+def lock_versions(conn: psycopg.Connection, exclusive: bool) -> None:
+    """Take the versions lock for the current transaction."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"SELECT {function}(%s)", (_VERSIONS_LOCK,))
 
 
 def live_version(conn: psycopg.Connection) -> IndexVersion | None:
@@ -52,6 +61,7 @@ def active_versions(conn: psycopg.Connection) -> list[IndexVersion]:
 def create_version(conn: psycopg.Connection, model: str, dim: int, state: str) -> IndexVersion:
     """Register a version; its collection is named after its id (`chunks_v7`)."""
     with conn.transaction(), conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        lock_versions(conn, exclusive=True)
         (version_id,) = conn.execute("SELECT nextval('index_versions_id_seq')").fetchone()
         return cur.execute(
             f"INSERT INTO index_versions (id, model, dim, collection, state, activated_at)"
