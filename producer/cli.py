@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", type=Path, help="folder of .md, .markdown, .txt documents")
     ingest.add_argument("--level", type=_level, help="access level of files without one in their front matter")
     ingest.add_argument("--wait", action="store_true", help="with a broker: block until the work is embedded")
+    ingest.add_argument(
+        "--prune", action="store_true", help="remove documents no longer under PATH (PATH is the whole corpus)"
+    )
     _add_json(ingest, _run_ingest)
 
     status = commands.add_parser("status", help="documents, chunks and embedding progress of the live index")
@@ -81,7 +84,7 @@ def _print(args: argparse.Namespace, payload: object, human: Callable[[], None])
 def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import commands
 
-    report = commands.ingest(settings, args.path, args.level, wait=args.wait)
+    report = commands.ingest(settings, args.path, args.level, wait=args.wait, prune=args.prune)
     _print(args, report.to_dict(), lambda: _print_ingest(report))
     return 0
 
@@ -89,7 +92,8 @@ def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
 def _print_ingest(report) -> None:
     print(
         f"{report.files_seen} files: {report.documents_new} new, {report.documents_changed} changed, "
-        f"{report.documents_unchanged} unchanged, {report.documents_rejected} refused; "
+        f"{report.documents_unchanged} unchanged, {report.documents_rejected} refused, "
+        f"{report.documents_removed} removed; "
         f"{report.chunks_enqueued} chunks to embed, {report.chunks_removed} removed"
     )
     for rejection in report.rejected:

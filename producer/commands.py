@@ -19,12 +19,14 @@ def dispatcher_for(settings: FleetSettings) -> Dispatcher:
     return CeleryDispatcher(settings) if settings.uses_broker else InProcessDispatcher(settings)
 
 
-def ingest(settings: FleetSettings, path: Path, level: AccessLevel | None, wait: bool) -> ingesting.IngestReport:
+def ingest(
+    settings: FleetSettings, path: Path, level: AccessLevel | None, wait: bool, prune: bool = False
+) -> ingesting.IngestReport:
     info = resolve_model(settings.model)
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         dispatcher = dispatcher_for(settings)
-        report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher)
+        report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher, prune)
         if wait or not settings.uses_broker:
             dispatcher.wait(conn, catalog.active_versions(conn))
         return report

@@ -16,7 +16,7 @@ from producer.chunking import ChunkLimits, chunk_text
 from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks, send_pending
 from producer.documents import Rejection, find_files, read_document
 from producer.index import ensure_live_version
-from producer.registry import register
+from producer.registry import register, remove_documents_except
 from workers.access import AccessLevel
 from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.embedding.tokenizer import load_token_counter
@@ -34,6 +34,7 @@ class IngestReport:
     documents_changed: int = 0
     documents_unchanged: int = 0
     documents_rejected: int = 0
+    documents_removed: int = 0
     chunks_enqueued: int = 0
     chunks_removed: int = 0
     rejected: list[Rejection] = field(default_factory=list)
@@ -73,7 +74,10 @@ def ingest(
     client: MilvusClient,
     info: ModelInfo,
     dispatcher: Dispatcher,
+    prune: bool = False,
 ) -> IngestReport:
+    """Register what is new or changed under `root` and send it to be embedded; with `prune`, also
+    remove the documents no longer under `root` (PATH must then be the whole corpus)."""
     if not root.is_dir():
         hint = (
             "give the folder that holds it: a document's identity is its path inside the folder, and "
@@ -92,9 +96,11 @@ def ingest(
             log.warning(warning)
             report.warnings.append(warning)
     in_process = isinstance(dispatcher, InProcessDispatcher)
+    seen: set[str] = set()
     for path in find_files(root):
         report.files_seen += 1
         document = read_document(path, root, default_level)
+        seen.add(document.path if isinstance(document, Rejection) else document.source_path)
         if isinstance(document, Rejection):
             log.warning("refused %s: %s", document.path, document.reason)
             report.documents_rejected += 1
@@ -104,16 +110,28 @@ def ingest(
         registration = register(conn, document, chunks)
         report.count(registration.status)
         report.chunks_removed += len(registration.removed)
-        if registration.removed:
-            # Retired versions too: a rollback to one must not bring removed chunks back.
-            for version in catalog.all_versions(conn):
-                if client.has_collection(version.collection):
-                    milvus.delete(client, version.collection, registration.removed)
+        delete_vectors(conn, client, registration.removed)
         if registration.added and not in_process:
             for version_id in registration.version_ids:
                 dispatcher.send(make_tasks(version_id, registration.added, settings.task_chunks))
                 report.chunks_enqueued += len(registration.added)
+    if prune:
+        paths, chunk_ids = remove_documents_except(conn, seen)
+        delete_vectors(conn, client, chunk_ids)
+        report.documents_removed, report.chunks_removed = len(paths), report.chunks_removed + len(chunk_ids)
+        for path in paths:
+            log.info("removed %s: no longer under %s", path, root)
     if in_process:
         for version in catalog.active_versions(conn):
             report.chunks_enqueued += send_pending(dispatcher, conn, version, settings.task_chunks)
     return report
+
+
+def delete_vectors(conn: psycopg.Connection, client: MilvusClient, chunk_ids: list[str]) -> None:
+    """Delete chunks' vectors from every kept collection (retired ones too: a rollback to one must
+    not bring removed chunks back)."""
+    if not chunk_ids:
+        return
+    for version in catalog.all_versions(conn):
+        if client.has_collection(version.collection):
+            milvus.delete(client, version.collection, chunk_ids)

@@ -76,3 +76,17 @@ def _upsert_document(conn: psycopg.Connection, document: Document) -> int:
         (document.source_path, document.content_sha256, int(document.access_level), Jsonb(document.metadata)),
     ).fetchone()
     return document_id
+
+
+def remove_documents_except(conn: psycopg.Connection, keep: set[str]) -> tuple[list[str], list[str]]:
+    """Delete the documents whose path is not in `keep`, with their chunks; returns (paths, chunk ids)."""
+    with conn.transaction():
+        catalog.lock_versions(conn, exclusive=False)
+        rows = conn.execute(
+            "SELECT d.source_path, c.id FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
+            " WHERE NOT (d.source_path = ANY(%s))",
+            (sorted(keep),),
+        ).fetchall()
+        paths = sorted({path for path, _ in rows})
+        conn.execute("DELETE FROM documents WHERE source_path = ANY(%s)", (paths,))
+    return paths, [chunk_id for _, chunk_id in rows if chunk_id is not None]

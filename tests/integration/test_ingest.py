@@ -154,3 +154,21 @@ def test_failed_chunks_can_be_retried(settings, tmp_path):
     assert commands.retry(settings, include_pending=False) == len(ids)
     status = commands.status(settings)
     assert (status["failed"], status["pending"], status["embedded"]) == (0, 0, status["chunks"])
+
+
+def test_prune_removes_documents_no_longer_in_the_folder(settings, tmp_path):
+    docs = write_corpus(tmp_path / "docs")
+    commands.ingest(settings, docs, None, wait=False)
+    gone = chunk_ids(settings, "board/acquisition.md")
+    (docs / "board/acquisition.md").unlink()
+    kept = commands.ingest(settings, docs, None, wait=False)  # without --prune nothing is removed
+    assert kept.documents_removed == 0 and chunk_ids(settings, "board/acquisition.md") == gone
+
+    report = commands.ingest(settings, docs, None, wait=False, prune=True)
+    assert (report.documents_removed, report.chunks_removed) == (1, len(gone))
+    assert chunk_ids(settings, "board/acquisition.md") == set()
+    assert milvus_ids(settings, gone) == set()
+    hits = commands.search(settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 10)
+    assert "board/acquisition.md" not in {hit.source_path for hit in hits}
+    status = commands.status(settings)
+    assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]
