@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
     cleanup = _command(commands, "cleanup", "drop the collections of retired index versions", _run_cleanup)
     cleanup.add_argument("--yes", action="store_true", help="confirm: rollback to them is no longer possible")
+    verify = _command(commands, "verify", "compare Milvus with Postgres for every kept version", _run_verify)
+    verify.add_argument("--repair", action="store_true", help="delete orphan vectors, re-embed missing ones")
     abort = _command(commands, "abort", "abandon a re-index: drop the versions being built", _run_abort)
     abort.add_argument("--yes", action="store_true", help="confirm: their vectors are dropped")
     return parser
@@ -136,6 +138,21 @@ def _run_cleanup(args: argparse.Namespace, settings: FleetSettings) -> int:
         return 2
     dropped = commands.cleanup(settings)
     return _emit(args, {"dropped": dropped}, f"dropped {', '.join(dropped)}" if dropped else "nothing to drop")
+
+
+def _run_verify(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    checks = commands.verify(settings, args.repair)
+    _emit(args, checks, "\n".join(_describe_check(check) for check in checks) or "no index versions yet")
+    return 0 if all(c["consistent"] or c["repaired"] for c in checks) else 1
+
+
+def _describe_check(check: dict) -> str:
+    verdict = "consistent" if check["consistent"] else f"{check['orphans']} orphans, {check['missing']} missing"
+    repaired = " (repaired)" if check["repaired"] else ""
+    counts = f"done {check['done_in_postgres']}, in Milvus {check['in_milvus']}"
+    return f"{check['name']:12s} {check['state']:9s} {counts}: {verdict}{repaired}"
 
 
 def _run_abort(args: argparse.Namespace, settings: FleetSettings) -> int:

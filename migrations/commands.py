@@ -128,3 +128,18 @@ def cleanup(settings: FleetSettings, state: str = STATE_RETIRED) -> list[str]:
     """Drop the versions in `state`: retired ones (cleanup) or building ones (abort)."""
     with closing(postgres.connect(settings)) as conn:
         return [version.collection for version in reindex.cleanup(conn, milvus.connect(settings), state)]
+
+
+def verify(settings: FleetSettings, repair: bool) -> list[dict]:
+    """Milvus against Postgres for every kept version; with `repair`, fix and re-embed what is missing."""
+    from migrations import consistency
+
+    with closing(postgres.connect(settings)) as conn:
+        client = milvus.connect(settings)
+        checks = consistency.check_all(conn, client, repair)
+        for check in checks:
+            if check.repaired and check.missing:
+                version = catalog.version_by_collection(conn, check.name)
+                if version.state != STATE_RETIRED:
+                    _embed_pending(settings, conn, version)
+        return [check.to_dict() for check in checks]

@@ -223,3 +223,24 @@ def test_abort_drops_the_version_being_built(make_settings, migrated_url, tmp_pa
     assert not milvus.connect(settings).has_collection("chunks_v2")
     report = commands.ingest(settings, write_corpus(tmp_path / "more", [("x.md", "public", "New.")]), None, wait=False)
     assert report.chunks_enqueued == 1  # written to the live version only
+
+
+def test_verify_finds_and_repairs_orphans_and_missing_vectors(make_settings, migrated_url, tmp_path):
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    assert [c["consistent"] for c in migrate.verify(settings, repair=False)] == [True]
+    client = milvus.connect(settings)
+    with closing(postgres.connect(settings)) as conn:
+        lost = conn.execute("SELECT id FROM chunks LIMIT 2").fetchone()[0]
+    client.delete("chunks_v1", ids=[lost])  # a vector lost
+    orphan = milvus.VectorRow("f" * 32, 1, 0, np.full(64, 0.125, dtype=np.float32))
+    milvus.upsert(client, "chunks_v1", [orphan])  # a vector whose chunk is gone
+
+    (check,) = migrate.verify(settings, repair=False)
+    assert (check["orphans"], check["missing"], check["consistent"]) == (1, 1, False)
+    (check,) = migrate.verify(settings, repair=True)
+    assert check["repaired"]
+    (check,) = migrate.verify(settings, repair=False)
+    assert (
+        check["consistent"] and check["in_milvus"] == check["done_in_postgres"] == commands.status(settings)["chunks"]
+    )
