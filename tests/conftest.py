@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import services
 from workers.settings import FleetSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,20 +99,7 @@ def milvus_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "milvus.log").open("w")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "milvus_lite",
-            "server",
-            "--data-dir",
-            str(tmp_path / "milvus"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        services.milvus_lite_server(tmp_path / "milvus", port), stdout=log, stderr=subprocess.STDOUT
     )
     try:
         wait_for_port(port, process=process)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 from producer.chunking import Chunk, ChunkLimits, chunk_text  # noqa: E402
 from producer.documents import Document  # noqa: E402
 from producer.registry import register  # noqa: E402
+from tests import services  # noqa: E402
 from tests.textgen import document  # noqa: E402
 from workers.access import AccessLevel  # noqa: E402
 from workers.constants import STATE_BUILDING  # noqa: E402
@@ -57,20 +58,7 @@ def milvus_server() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-milvus-") as data_dir:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "milvus_lite",
-                "server",
-                "--data-dir",
-                data_dir,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            services.milvus_lite_server(data_dir, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             deadline = time.monotonic() + 60

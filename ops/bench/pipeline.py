@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_PG, REPO, load_chunks, milvus_server, new_version, pending, scratch_database
 
 from producer.dispatch import CeleryDispatcher, make_tasks
+from tests import services
 from workers.embedding import resolve_model
 from workers.settings import FleetSettings
 
@@ -105,19 +106,7 @@ def start_worker(settings: FleetSettings, name: str) -> subprocess.Popen:
     )
     log = open(f"/tmp/bench-worker-{name}.log", "w")  # noqa: SIM115 - the worker owns it
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "--loglevel=WARNING",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        services.celery_worker(name, "WARNING"),
         env=env,
         cwd=REPO,
         stdout=log,

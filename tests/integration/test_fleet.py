@@ -4,7 +4,6 @@ server, Milvus Lite run as a server so that producer and worker share it."""
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer.dispatch import CeleryDispatcher
+from tests import services
 from tests.integration.conftest import REPO, cli_env, run_cli, run_json, write_corpus
 from workers.stores import catalog, milvus, postgres
 
@@ -31,19 +31,7 @@ def fleet_settings(make_settings, migrated_url, redis_url, milvus_server):
 
 def start_worker(env: dict, log: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "--loglevel=INFO",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        services.celery_worker(name),
         env=env,
         cwd=REPO,
         stdout=log.open("w"),
