@@ -6,6 +6,8 @@ an attempt per chunk (in Postgres), so a poison chunk ends in the failures table
 """
 
 import logging
+import os
+import signal
 
 from celery import Celery, signals
 
@@ -65,6 +67,11 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
         try:
             return engine.submit(task).result().to_dict()
         except Exception as err:
+            if not engine.healthy:
+                # A stage thread died: this worker can do no more. Stop it (warm shutdown: what it
+                # holds goes back to the queue) so that its supervisor starts a fresh one.
+                log.critical("the embed engine is broken (%s): shutting this worker down", err)
+                os.kill(os.getpid(), signal.SIGTERM)
             # Every failure retries: a service down heals, a schema behind heals after `migrate db`,
             # and a fault that never heals ends when its chunks exceed FLEET_MAX_ATTEMPTS
             # deliveries and are recorded as failed — never dropped with the chunks left pending.

@@ -101,6 +101,10 @@ class EmbedEngine:
         self._requests.put(job)
         return job.future
 
+    @property
+    def healthy(self) -> bool:
+        return all(stage.error is None for stage in self.stages)
+
     def check_healthy(self) -> None:
         dead = [stage for stage in self.stages if stage.error is not None]
         if dead:
