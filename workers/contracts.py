@@ -35,8 +35,5 @@ class EmbedResult:
     skipped: int = 0
     failed: int = 0
 
-    def __add__(self, other: "EmbedResult") -> "EmbedResult":
-        return EmbedResult(self.embedded + other.embedded, self.skipped + other.skipped, self.failed + other.failed)
-
     def to_dict(self) -> dict:
         return {"embedded": self.embedded, "skipped": self.skipped, "failed": self.failed}

@@ -40,18 +40,18 @@ def main() -> int:
     args = parse_args()
     info = resolve_model(args.model)
     texts = make_chunks(info, args.chunks)
-    real = None if args.simulate_gpu else load_encoder(args.model, args.device, args.attention)
-    token_counts = [len(ids) for ids in (real or SimulatedEncoder(info)).tokenize(texts)]
-    tokens = sum(token_counts)
-    device = getattr(real, "device", "simulated")
     dim = args.dim or info.dim
+    real = None if args.simulate_gpu else load_encoder(args.model, args.device, args.attention)
+    encoder = real or SimulatedEncoder(info, tokens_per_s=args.simulate_gpu, dim=dim)
+    tokens = sum(len(ids) for ids in encoder.tokenize(texts))
+    device = getattr(real, "device", "simulated")
     report: dict = {
         "device": device,
         "model": args.model,
         "chunks": len(texts),
         "tokens": tokens,
         "dim": dim,
-        "encoder": type(encoder_or(real, info)).__name__,
+        "encoder": type(encoder).__name__,
     }
     log(f"{len(texts)} chunks, {tokens} tokens ({tokens / len(texts):.0f} per chunk) on {device}")
 
@@ -62,13 +62,12 @@ def main() -> int:
             tokens / time_st(args.model, texts, "bf16", 64) if device.startswith("cuda") else None
         )
         report["bare_tokens_per_s"] = tokens / time_bare(real, texts, args.batch_tokens)
-    encoder = real or SimulatedEncoder(info, tokens_per_s=args.simulate_gpu, dim=dim)
     seconds, stats, peak = time_worker(args, encoder, texts, dim)
     report["worker_tokens_per_s"] = tokens / seconds
     report["worker_chunks_per_s"] = len(texts) / seconds
     report["peak_vram_gib"] = peak / 2**30 if device.startswith("cuda") else None
     report["stages"] = stats
-    add_ratios(report, real, info)
+    add_ratios(report, real)
     if args.simulate_gpu:
         report["simulated_tokens_per_s"] = args.simulate_gpu
         report["simulated_efficiency"] = report["worker_tokens_per_s"] / args.simulate_gpu
@@ -96,10 +95,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--postgres", default=DEFAULT_PG, help="admin URL of the Postgres server to use")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
-
-
-def encoder_or(real, info):
-    return real or SimulatedEncoder(info)
 
 
 def log(message: str) -> None:
@@ -175,7 +170,7 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def add_ratios(report: dict, real, info) -> None:
+def add_ratios(report: dict, real) -> None:
     worker = report["worker_tokens_per_s"]
     if report.get("st_bf16_tokens_per_s"):
         report["worker_vs_st_bf16"] = worker / report["st_bf16_tokens_per_s"]
