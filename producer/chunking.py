@@ -33,6 +33,11 @@ class ChunkLimits:
 class Chunk:
     text: str
     token_count: int
+    start: int = 0  # text == document[start:end]
+    end: int = 0
+    page_start: int | None = None
+    page_end: int | None = None
+    section: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,26 @@ def chunk_text(text: str, counter: TokenCounter, limits: ChunkLimits) -> list[Ch
     max_tokens = limits.max_tokens
     for _ in range(_MAX_REPLANS):
         units = _units(text, counter, max_tokens)
-        spans = _plan(units, counter.special_tokens, ChunkLimits(limits.min_tokens, max_tokens))
-        texts = [text[start:end].strip() for start, end in spans]
-        counts = counter.count(texts)
+        planned = _plan(units, counter.special_tokens, ChunkLimits(limits.min_tokens, max_tokens))
+        spans = [_strip(text, start, end) for start, end in planned]
+        counts = counter.count([text[start:end] for start, end in spans])
         overshoot = max(count - limits.max_tokens for count in counts)
         if overshoot <= 0:
-            return [Chunk(chunk, count) for chunk, count in zip(texts, counts, strict=True)]
+            return [
+                Chunk(text[start:end], count, start, end) for (start, end), count in zip(spans, counts, strict=True)
+            ]
         # Tokens merge differently across unit edges: plan again with the measured overshoot.
         max_tokens -= overshoot
     raise AssertionError(f"could not fit chunks under {limits.max_tokens} tokens")  # pragma: no cover
+
+
+def _strip(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without the whitespace at its ends (as str.strip)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workers.access import AccessLevel
+from workers.constants import MAX_TOP_K
 from workers.entrypoint import run_command
 from workers.errors import FleetError
 from workers.settings import FleetSettings
 
 log = logging.getLogger("producer")
+
+# `producer ingest` finished, but refused some files (each listed with its reason).
+EXIT_REFUSED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="chunk documents under PATH and embed them")
-    ingest.add_argument("path", type=Path, help="folder of .md, .markdown, .txt documents")
-    ingest.add_argument("--level", type=_level, help="access level of files without one in their front matter")
+    ingest.add_argument("path", type=Path, help="folder of documents: Markdown, text, PDF, Word (.docx), HTML")
+    ingest.add_argument(
+        "--level", type=_level, help="access level of documents that declare none (front matter, sidecar, .fleet.yaml)"
+    )
     ingest.add_argument("--wait", action="store_true", help="with a broker: block until the work is embedded")
     ingest.add_argument(
         "--prune", action="store_true", help="remove documents no longer under PATH (PATH is the whole corpus)"
@@ -42,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search the live index as an access level")
     search.add_argument("query")
     search.add_argument("--level", type=_level, required=True, help=f"reader's level: {', '.join(AccessLevel.names())}")
-    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--top-k", type=_top_k, default=5, help=f"hits to return, 1 to {MAX_TOP_K} (default 5)")
     _add_json(search, _run_search)
 
     evaluate = commands.add_parser("eval", help="MRR@10, Hit@1 and Hit@5 of the live index on labelled queries")
@@ -62,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
 def _add_json(parser: argparse.ArgumentParser, run: Callable) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
+
+
+def _top_k(value: str) -> int:
+    try:
+        top_k = int(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from err
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"{top_k} is outside 1 to {MAX_TOP_K}")
+    return top_k
 
 
 def _level(value: str) -> AccessLevel:
@@ -86,18 +102,21 @@ def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
 
     report = commands.ingest(settings, args.path, args.level, wait=args.wait, prune=args.prune)
     _print(args, report.to_dict(), lambda: _print_ingest(report))
-    return 0
+    return EXIT_REFUSED if report.rejected else 0
 
 
 def _print_ingest(report) -> None:
+    withdrawn = f", {report.documents_withdrawn} withdrawn" if report.documents_withdrawn else ""
     print(
         f"{report.files_seen} files: {report.documents_new} new, {report.documents_changed} changed, "
         f"{report.documents_unchanged} unchanged, {report.documents_rejected} refused, "
-        f"{report.documents_removed} removed; "
+        f"{report.documents_removed} removed{withdrawn}, {report.files_skipped} skipped; "
         f"{report.chunks_enqueued} chunks to embed, {report.chunks_removed} removed"
     )
+    for skipped in report.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}")
     for rejection in report.rejected:
-        print(f"  refused {rejection.path}: {rejection.reason}")
+        print(f"refused {rejection.path}: {rejection.reason}")
 
 
 def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
@@ -137,7 +156,7 @@ def _print_hits(hits) -> None:
         print("no results")
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:160]
-        print(f"{rank}. {hit.score:.3f}  {hit.source_path}  [{hit.access_level}]\n   {snippet}")
+        print(f"{rank}. {hit.score:.3f}  {hit.citation()}  [{hit.access_level}]\n   {snippet}")
 
 
 def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:

@@ -26,9 +26,13 @@ def ingest(
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         dispatcher = dispatcher_for(settings)
-        report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher, prune)
-        if wait or not settings.uses_broker:
-            dispatcher.wait(conn, catalog.active_versions(conn))
+        try:
+            report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher, prune)
+            if wait or not settings.uses_broker:
+                dispatcher.wait(conn, catalog.active_versions(conn))
+        except BaseException:  # Ctrl-C, a service gone: stop now; what is not embedded stays pending
+            dispatcher.close(abandon=True)
+            raise
         return report
 
 

@@ -23,6 +23,9 @@ class Dispatcher(Protocol):
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         """Block until the work sent is done (or recorded as failed), showing progress."""
 
+    def close(self, abandon: bool = False) -> None:
+        """Release what sending needed; `abandon` (an interrupt): stop now, leaving work pending."""
+
 
 def make_tasks(version_id: int, chunk_ids: list[str], size: int) -> list[EmbedTask]:
     return [EmbedTask(version_id, chunk_ids[start : start + size]) for start in range(0, len(chunk_ids), size)]
@@ -72,6 +75,9 @@ class CeleryDispatcher:
         finally:
             bar.close()
 
+    def close(self, abandon: bool = False) -> None:
+        """Nothing to stop here: what was sent stays queued for the workers."""
+
 
 class InProcessDispatcher:
     """Run the tasks on an embed engine in this process (the embedded default: no broker)."""
@@ -86,13 +92,17 @@ class InProcessDispatcher:
         self._futures += [(task, self._engine.submit(task)) for task in tasks]
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
-        with tqdm(
-            total=sum(len(t.chunk_ids) for t, _ in self._futures), desc="embedded", unit="chunk", disable=None
-        ) as bar:
-            try:
+        total = sum(len(task.chunk_ids) for task, _ in self._futures)
+        try:
+            with tqdm(total=total, desc="embedded", unit="chunk", disable=None) as bar:
                 for task, future in self._futures:
                     future.result()
                     bar.update(len(task.chunk_ids))
-            finally:
-                self._futures.clear()
-                self._engine.close()
+        except BaseException:  # a failed task or Ctrl-C: stop at once, the rest stays pending
+            self.close(abandon=True)
+            raise
+        self.close()
+
+    def close(self, abandon: bool = False) -> None:
+        self._futures.clear()
+        self._engine.close(abandon=abandon)

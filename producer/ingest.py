@@ -1,8 +1,8 @@
-"""`producer ingest`: walk, read, chunk, register in Postgres, enqueue what is new.
+"""`producer ingest`: walk, read (in parser processes), chunk, register in Postgres, enqueue.
 
 With a broker, tasks are sent as each document is registered so workers start at once; in
 process (no broker), everything pending — this run's chunks and any left by an interrupted
-run — is embedded before returning.
+run — is embedded before returning. A bad file is refused with its reason and the run goes on.
 """
 
 import logging
@@ -11,15 +11,17 @@ from pathlib import Path
 
 import psycopg
 from pymilvus import MilvusClient
+from tqdm import tqdm
 
-from producer.chunking import ChunkLimits, chunk_text
+from producer.chunking import ChunkLimits
 from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks, send_pending
-from producer.documents import Rejection, find_files, read_document
+from producer.documents import Rejection, Source, Unchanged
 from producer.index import ensure_live_version
-from producer.registry import register, remove_documents_except
+from producer.intake import Intake, Prepared
+from producer.registry import documents_outside, fingerprints, register, remove_documents
+from producer.walk import Walk
 from workers.access import AccessLevel
 from workers.embedding.model_info import ModelInfo, resolve_model
-from workers.embedding.tokenizer import load_token_counter
 from workers.errors import InvalidInput
 from workers.settings import FleetSettings
 from workers.stores import catalog, milvus
@@ -30,14 +32,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestReport:
     files_seen: int = 0
+    files_skipped: int = 0
     documents_new: int = 0
     documents_changed: int = 0
     documents_unchanged: int = 0
     documents_rejected: int = 0
     documents_removed: int = 0
+    documents_withdrawn: int = 0
     chunks_enqueued: int = 0
     chunks_removed: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    skipped: list[Rejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> None:
@@ -49,8 +54,14 @@ class IngestReport:
             self.documents_unchanged += 1
 
     def to_dict(self) -> dict:
-        fields = {key: value for key, value in vars(self).items() if key not in ("rejected", "warnings")}
-        return {**fields, "rejected": [r.to_dict() for r in self.rejected], "warnings": self.warnings}
+        lists = ("rejected", "skipped", "warnings")
+        fields = {key: value for key, value in vars(self).items() if key not in lists}
+        return {
+            **fields,
+            "rejected": [r.to_dict() for r in self.rejected],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "warnings": self.warnings,
+        }
 
 
 def chunk_limits(settings: FleetSettings, info: ModelInfo) -> tuple[ChunkLimits, str | None]:
@@ -78,53 +89,103 @@ def ingest(
 ) -> IngestReport:
     """Register what is new or changed under `root` and send it to be embedded; with `prune`, also
     remove the documents no longer under `root` (PATH must then be the whole corpus)."""
-    if not root.is_dir():
-        hint = (
-            "give the folder that holds it: a document's identity is its path inside the folder, and "
-            "unchanged files are skipped"
-            if root.is_file()
-            else "give a folder of .md, .markdown or .txt documents"
-        )
-        raise InvalidInput(f"{root} is not a folder: {hint}")
+    _check_root(root)
     report = IngestReport()
     live, mismatch = ensure_live_version(conn, client, settings, info)
     info = resolve_model(live.model)
-    counter = load_token_counter(info)
     limits, too_short = chunk_limits(settings, info)
     for warning in (mismatch, too_short):
         if warning:
             log.warning(warning)
             report.warnings.append(warning)
-    in_process = isinstance(dispatcher, InProcessDispatcher)
+    known = fingerprints(conn)
+    walk = Walk(root)
+    sources = (
+        Source(
+            found.path,
+            found.name,
+            found.sidecar,
+            found.inherited,
+            default_level,
+            settings.max_file_bytes,
+            known.get(found.name),
+        )
+        for found in walk.documents()
+    )
     seen: set[str] = set()
-    for path in find_files(root):
-        report.files_seen += 1
-        document = read_document(path, root, default_level)
-        seen.add(document.path if isinstance(document, Rejection) else document.source_path)
-        if isinstance(document, Rejection):
-            log.warning("refused %s: %s", document.path, document.reason)
-            report.documents_rejected += 1
-            report.rejected.append(document)
-            continue
-        chunks = chunk_text(document.body, counter, limits)
-        registration = register(conn, document, chunks)
-        report.count(registration.status)
-        report.chunks_removed += len(registration.removed)
-        delete_vectors(conn, client, registration.removed)
-        if registration.added and not in_process:
-            for version_id in registration.version_ids:
-                dispatcher.send(make_tasks(version_id, registration.added, settings.task_chunks))
-                report.chunks_enqueued += len(registration.added)
+    in_process = isinstance(dispatcher, InProcessDispatcher)
+    with Intake(settings.parse_workers, limits, info) as intake:
+        for outcome in tqdm(intake.run(sources), desc="read", unit=" files", disable=None):
+            report.files_seen += 1
+            if isinstance(outcome, Prepared):
+                seen.add(outcome.document.source_path)
+                _store(outcome, report, conn, client, dispatcher, settings.task_chunks, send=not in_process)
+            elif isinstance(outcome, Unchanged):
+                seen.add(outcome.name)
+                report.documents_unchanged += 1
+            else:
+                seen.add(outcome.path)
+                report.rejected.append(outcome)
+                if outcome.withdraw and outcome.path in known:
+                    _withdraw(outcome.path, report, conn, client)
+    report.rejected += walk.rejected
+    report.skipped = walk.skipped
+    report.documents_rejected, report.files_skipped = len(report.rejected), len(report.skipped)
+    for rejection in report.rejected:
+        log.debug("refused %s: %s", rejection.path, rejection.reason)
     if prune:
-        paths, chunk_ids = remove_documents_except(conn, seen)
-        delete_vectors(conn, client, chunk_ids)
-        report.documents_removed, report.chunks_removed = len(paths), report.chunks_removed + len(chunk_ids)
-        for path in paths:
-            log.info("removed %s: no longer under %s", path, root)
+        _prune(documents_outside(conn, seen, walk.unreadable), report, conn, client, root)
     if in_process:
         for version in catalog.active_versions(conn):
             report.chunks_enqueued += send_pending(dispatcher, conn, version, settings.task_chunks)
     return report
+
+
+def _check_root(root: Path) -> None:
+    if root.is_dir():
+        return
+    if root.is_file():
+        raise InvalidInput(
+            f"{root} is a file, not a folder: give the folder that holds it (a document's identity is its path "
+            "inside the folder, and unchanged files are skipped)"
+        )
+    raise InvalidInput(f"{root} does not exist: give the folder of documents to ingest")
+
+
+def _store(
+    prepared: Prepared,
+    report: IngestReport,
+    conn: psycopg.Connection,
+    client: MilvusClient,
+    dispatcher: Dispatcher,
+    task_chunks: int,
+    send: bool,
+) -> None:
+    registration = register(conn, prepared.document, prepared.chunks)
+    report.count(registration.status)
+    report.chunks_removed += len(registration.removed)
+    delete_vectors(conn, client, registration.removed)
+    if registration.added and send:
+        for version_id in registration.version_ids:
+            dispatcher.send(make_tasks(version_id, registration.added, task_chunks))
+            report.chunks_enqueued += len(registration.added)
+
+
+def _withdraw(path: str, report: IngestReport, conn: psycopg.Connection, client: MilvusClient) -> None:
+    """Take out of the index a document whose level can no longer be read: never serve it at the old one."""
+    chunk_ids = remove_documents(conn, [path])
+    delete_vectors(conn, client, chunk_ids)
+    report.documents_withdrawn += 1
+    report.chunks_removed += len(chunk_ids)
+    log.warning("withdrew %s from the index until its access level can be read again", path)
+
+
+def _prune(paths: list[str], report: IngestReport, conn: psycopg.Connection, client: MilvusClient, root: Path) -> None:
+    chunk_ids = remove_documents(conn, paths)
+    delete_vectors(conn, client, chunk_ids)
+    report.documents_removed, report.chunks_removed = len(paths), report.chunks_removed + len(chunk_ids)
+    for path in paths:
+        log.info("removed %s: no longer under %s", path, root)
 
 
 def delete_vectors(conn: psycopg.Connection, client: MilvusClient, chunk_ids: list[str]) -> None:

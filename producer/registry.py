@@ -34,16 +34,16 @@ def chunk_id(document: Document, ordinal: int, text: str) -> str:
 
 def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk]) -> Registration:
     """Store `document` and its chunks in one transaction; queue new chunks for each active version
-    (live and building: the dual write of a re-index), read under the versions lock."""
+    (live and building: the dual write of a re-index), read under the versions lock.
+
+    A document whose chunks are all there already is "unchanged" (a touched file, a new sidecar
+    with the same level): only its record and the chunks' places are updated."""
     with conn.transaction():
         catalog.lock_versions(conn, exclusive=False)
         version_ids = [version.id for version in catalog.active_versions(conn)]
         existing = conn.execute(
-            "SELECT id, content_sha256, access_level FROM documents WHERE source_path = %s FOR UPDATE",
-            (document.source_path,),
+            "SELECT id FROM documents WHERE source_path = %s FOR UPDATE", (document.source_path,)
         ).fetchone()
-        if existing and existing[1:] == (document.content_sha256, int(document.access_level)):
-            return Registration("unchanged", existing[0], version_ids)
         document_id = _upsert_document(conn, document)
         wanted = {chunk_id(document, ordinal, chunk.text): (ordinal, chunk) for ordinal, chunk in enumerate(chunks)}
         present = {row[0] for row in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))}
@@ -53,40 +53,79 @@ def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk]) 
         conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (removed,))
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO chunks (id, document_id, ordinal, text, token_count) VALUES (%s, %s, %s, %s, %s)",
-                [(cid, document_id, wanted[cid][0], wanted[cid][1].text, wanted[cid][1].token_count) for cid in added],
+                "INSERT INTO chunks (id, document_id, ordinal, text, token_count, page_start, page_end, section)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        cid,
+                        document_id,
+                        wanted[cid][0],
+                        wanted[cid][1].text,
+                        wanted[cid][1].token_count,
+                        *_place(wanted[cid][1]),
+                    )
+                    for cid in added
+                ],
+            )
+            # A kept chunk may sit on another page or under another heading now.
+            cur.executemany(
+                "UPDATE chunks SET page_start = %s, page_end = %s, section = %s WHERE id = %s",
+                [(*_place(wanted[cid][1]), cid) for cid in present & wanted.keys()],
             )
             cur.executemany(
                 "INSERT INTO chunk_embeddings (index_version_id, chunk_id) VALUES (%s, %s)",
                 [(version_id, cid) for version_id in version_ids for cid in added],
             )
-        return Registration("changed" if existing else "new", document_id, version_ids, added, removed)
+        status = "new" if not existing else "changed" if added or removed else "unchanged"
+        return Registration(status, document_id, version_ids, added, removed)
+
+
+def _place(chunk: Chunk) -> tuple[int | None, int | None, str | None]:
+    return chunk.page_start, chunk.page_end, chunk.section
 
 
 def _upsert_document(conn: psycopg.Connection, document: Document) -> int:
     (document_id,) = conn.execute(
         """
-        INSERT INTO documents (source_path, content_sha256, access_level, metadata)
-        VALUES (%s, %s, %s, %s)
+        INSERT INTO documents (source_path, content_sha256, access_level, metadata, fingerprint, level_source)
+        VALUES (%s, %s, %s, %s, %s, %s)
         ON CONFLICT (source_path) DO UPDATE
         SET content_sha256 = EXCLUDED.content_sha256, access_level = EXCLUDED.access_level,
-            metadata = EXCLUDED.metadata, updated_at = now()
+            metadata = EXCLUDED.metadata, fingerprint = EXCLUDED.fingerprint,
+            level_source = EXCLUDED.level_source, updated_at = now()
         RETURNING id
         """,
-        (document.source_path, document.content_sha256, int(document.access_level), Jsonb(document.metadata)),
+        (
+            document.source_path,
+            document.content_sha256,
+            int(document.access_level),
+            Jsonb(document.metadata),
+            document.fingerprint,
+            document.level_source,
+        ),
     ).fetchone()
     return document_id
 
 
-def remove_documents_except(conn: psycopg.Connection, keep: set[str]) -> tuple[list[str], list[str]]:
-    """Delete the documents whose path is not in `keep`, with their chunks; returns (paths, chunk ids)."""
+def fingerprints(conn: psycopg.Connection) -> dict[str, str]:
+    """Each document's recorded fingerprint: a file that still has it is not read again."""
+    return dict(conn.execute("SELECT source_path, fingerprint FROM documents WHERE fingerprint IS NOT NULL"))
+
+
+def remove_documents(conn: psycopg.Connection, paths: list[str]) -> list[str]:
+    """Delete these documents with their chunks; returns the chunk ids removed."""
     with conn.transaction():
         catalog.lock_versions(conn, exclusive=False)
         rows = conn.execute(
-            "SELECT d.source_path, c.id FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
-            " WHERE NOT (d.source_path = ANY(%s))",
-            (sorted(keep),),
+            "DELETE FROM chunks USING documents d WHERE chunks.document_id = d.id AND d.source_path = ANY(%s)"
+            " RETURNING chunks.id",
+            (paths,),
         ).fetchall()
-        paths = sorted({path for path, _ in rows})
         conn.execute("DELETE FROM documents WHERE source_path = ANY(%s)", (paths,))
-    return paths, [chunk_id for _, chunk_id in rows if chunk_id is not None]
+    return [chunk_id for (chunk_id,) in rows]
+
+
+def documents_outside(conn: psycopg.Connection, keep: set[str], keep_prefixes: list[str]) -> list[str]:
+    """The documents whose path is neither in `keep` nor under one of `keep_prefixes`."""
+    paths = [path for (path,) in conn.execute("SELECT source_path FROM documents ORDER BY source_path")]
+    return [path for path in paths if path not in keep and not path.startswith(tuple(keep_prefixes))]

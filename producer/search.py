@@ -7,6 +7,7 @@ import psycopg
 from pymilvus import MilvusClient
 
 from workers.access import AccessLevel
+from workers.constants import MAX_TOP_K
 from workers.embedding import Encoder, load_encoder
 from workers.embedding.base import fit_dimension
 from workers.errors import InvalidInput
@@ -22,9 +23,22 @@ class SearchHit:
     access_level: str
     score: float
     text: str
+    page_start: int | None = None  # 1-based pages of a PDF where the chunk starts and ends
+    page_end: int | None = None
+    section: str | None = None  # the heading path where it starts: "Leave policy > Annual leave"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def citation(self) -> str:
+        """Where the hit is, for people: `handbook.pdf p. 12–13 § Leave policy > Annual leave`."""
+        parts = [self.source_path]
+        if self.page_start is not None:
+            same = self.page_end in (None, self.page_start)
+            parts.append(f"p. {self.page_start}" if same else f"p. {self.page_start}–{self.page_end}")
+        if self.section:
+            parts.append(f"§ {self.section}")
+        return " ".join(parts)
 
 
 @lru_cache(maxsize=2)
@@ -45,8 +59,8 @@ def search(
     """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
     if not query.strip():
         raise InvalidInput("empty query: give the text to search for")
-    if top_k < 1:
-        raise InvalidInput(f"--top-k must be at least 1, not {top_k}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}, not {top_k}")
     vector = fit_dimension(encoder.encode_queries([query]), version.dim)[0]
     hits = milvus.search(client, version.collection, vector, level, top_k)
     rows = _chunk_rows(conn, [hit.chunk_id for hit in hits])
@@ -56,16 +70,26 @@ def search(
         # Postgres is the truth: a vector whose chunk is gone, or now above the level, is not shown.
         if row is None or row[2] > level:
             continue
-        document_id, source_path, chunk_level, text = row
+        document_id, source_path, chunk_level, text, page_start, page_end, section = row
         results.append(
-            SearchHit(hit.chunk_id, document_id, source_path, AccessLevel(chunk_level).name, hit.score, text)
+            SearchHit(
+                hit.chunk_id,
+                document_id,
+                source_path,
+                AccessLevel(chunk_level).name,
+                hit.score,
+                text,
+                page_start,
+                page_end,
+                section,
+            )
         )
     return results
 
 
 def _chunk_rows(conn: psycopg.Connection, chunk_ids: list[str]) -> dict[str, tuple]:
     rows = conn.execute(
-        "SELECT c.id, c.document_id, d.source_path, d.access_level, c.text"
+        "SELECT c.id, c.document_id, d.source_path, d.access_level, c.text, c.page_start, c.page_end, c.section"
         " FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)",
         (chunk_ids,),
     ).fetchall()

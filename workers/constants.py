@@ -19,3 +19,6 @@ MILVUS_UPSERT_ROWS = 2000
 
 # Embedding rate (status, ETA, exporter) is measured over this many recent seconds.
 RATE_WINDOW_S = 120
+
+# Hits one search may return (Milvus allows 16,384; no reader needs this many).
+MAX_TOP_K = 1000

@@ -12,6 +12,7 @@ chunks are in both stores, even when they were split across batches.
 
 import logging
 import queue
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ MIN_BUDGET_TOKENS = 512
 BUDGET_GROWTH = 1.02
 # Long enough to finish the batches in flight; a dead stage must not hang a worker's shutdown.
 CLOSE_TIMEOUT_S = 120
+# Abandoning (Ctrl-C) waits only for the batch each stage has in hand.
+ABANDON_TIMEOUT_S = 5
 
 
 class EmbedEngine:
@@ -72,6 +75,8 @@ class EmbedEngine:
         self.ledger = Ledger()
         self._requests: queue.Queue = queue.Queue()
         self.stages: list[Stage] = []
+        self._abandoned = threading.Event()
+        self._stopped_error = RuntimeError("the embed engine was stopped")
 
     # -- public -----------------------------------------------------------------------------
 
@@ -116,12 +121,16 @@ class EmbedEngine:
     def stats(self) -> dict:
         return {stage.name: stage.stats.to_dict() for stage in self.stages}
 
-    def close(self) -> None:
-        """Finish the work in flight, then stop the stages."""
+    def close(self, abandon: bool = False) -> None:
+        """Finish the work in flight, then stop the stages. `abandon`: drop the work still queued
+        (its chunks stay pending in Postgres for the next run) and stop within seconds."""
         if self.stages:
+            if abandon:
+                self._abandoned.set()  # stages drop what they hold instead of working on it
+                self._drop_queued(self._stopped_error)
             self._requests.put(STOP)
             for stage in self.stages:
-                stage.join(timeout=CLOSE_TIMEOUT_S)
+                stage.join(timeout=ABANDON_TIMEOUT_S if abandon else CLOSE_TIMEOUT_S)
             self.stages = []
             self.ledger.abort_all(RuntimeError("the embed engine was closed"))
             for conn in self._conns.values():
@@ -130,6 +139,16 @@ class EmbedEngine:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+
+    def _drop_queued(self, error: Exception) -> None:
+        for inbox in [stage.inbox for stage in self.stages]:
+            while True:
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not STOP:
+                    self._abort(item, error)
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -211,6 +230,9 @@ class EmbedEngine:
 
     def _plan(self, group: WorkGroup) -> Iterator[Batch | Failed]:
         """Tokenize a group, then cut it into length-sorted batches under the budget, padded."""
+        if self._abandoned.is_set():
+            self._abort(group, self._stopped_error)
+            return
         encoder = self._encoder(group.version.model)
         ids = encoder.tokenize([chunk.text for chunk in group.chunks])
         limit = self.settings.batch_tokens
@@ -228,10 +250,16 @@ class EmbedEngine:
         budget = max([self.budget, *lengths])
         for batch in plan_batches(lengths, budget, packed=encoder.packs_sequences):
             members = [keep[i] for i in batch]
+            if self._abandoned.is_set():
+                self._abort(WorkGroup(group.version, [group.chunks[i] for i in members]), self._stopped_error)
+                continue
             batch_ids = [ids[i] for i in members]
             yield Batch(group.version, [group.chunks[i] for i in members], batch_ids, encoder.collate(batch_ids))
 
     def _forward(self, item: Batch | Failed) -> Iterator[Embedded | Failed]:
+        if self._abandoned.is_set() and isinstance(item, Batch):
+            self._abort(item, self._stopped_error)
+            return
         if isinstance(item, Failed):
             yield item
             return

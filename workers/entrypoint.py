@@ -1,19 +1,35 @@
 """The shared shape of our command-line entry points: settings read once, errors said plainly.
 
-A command gets the parsed arguments and the settings; what it raises as a FleetError, or a
-setting that does not validate, becomes one line on stderr and exit code 2, never a traceback.
+A command gets the parsed arguments and the settings. Exit codes: 0 done; 1 a failure (a
+service down or failing, work that could not finish); 2 a usage or configuration error (a bad
+argument, a setting that does not validate); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+Errors are one line on stderr that says what to do, never a traceback. SIGTERM unwinds like
+Ctrl-C, so that what the command started (the embedded Postgres, parser processes) stops too.
 """
 
 import argparse
+import signal
 import sys
 
 from pydantic import ValidationError
 
-from workers.errors import FleetError
+from workers.errors import FleetError, TransientError
 from workers.logs import configure_logging
 from workers.settings import FleetSettings
 
 _SERVICE_LIBRARIES = {"psycopg": "Postgres", "pymilvus": "Milvus", "redis": "Redis", "kombu": "the broker"}
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding the command as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:
@@ -22,25 +38,35 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
     try:
         settings = FleetSettings()
     except ValidationError as err:
-        problems = "; ".join(f"FLEET_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
-        print(f"{where}: error: invalid setting ({problems})", file=sys.stderr)
-        return 2
+        print(f"{where}: error: invalid setting ({_problems(err)})", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(settings.log_level)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args, settings)
     except FleetError as err:
         print(f"{where}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        # A backing service that failed mid-command (restart, network): say so, without a traceback.
-        if type(err).__module__.split(".")[0] not in _SERVICE_LIBRARIES:
-            raise
-        print(
-            f"{where}: error: {_SERVICE_LIBRARIES[type(err).__module__.split('.')[0]]} failed ({err}); "
-            "check that it is up and run the command again",
-            file=sys.stderr,
-        )
-        return 2
+        return EXIT_FAILURE if isinstance(err, TransientError) else EXIT_USAGE
+    except Terminated:
+        print(f"{where}: terminated; run it again to carry on where it stopped", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"{where}: interrupted; run it again to carry on where it stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        # A backing service that failed mid-command (restart, network): say so, without a traceback.
+        service = _SERVICE_LIBRARIES.get(type(err).__module__.split(".")[0])
+        if service is None:
+            raise
+        print(
+            f"{where}: error: {service} failed ({err}); check that it is up and run the command again", file=sys.stderr
+        )
+        return EXIT_FAILURE
+
+
+def _problems(err: ValidationError) -> str:
+    problems = []
+    for error in err.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"FLEET_{'_'.join(map(str, error['loc'])).upper()}: {message}" if error["loc"] else message)
+    return "; ".join(problems)

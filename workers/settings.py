@@ -4,11 +4,14 @@ Built once at an entry point (CLI, Celery app) and passed down; no other module 
 environment.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.errors import ConfigError
 
 DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 
@@ -32,6 +35,10 @@ class FleetSettings(BaseSettings):
 
     chunk_min_tokens: int = Field(500, ge=1)
     chunk_max_tokens: int = Field(1000, ge=16)
+    parse_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Processes that parse PDF, Word and HTML."
+    )
+    max_file_mb: float = Field(200, gt=0, description="Larger files are refused, not read.")
     task_chunks: int = Field(32, ge=1, description="Chunks carried by one embed task.")
     worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")
     collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
@@ -44,13 +51,40 @@ class FleetSettings(BaseSettings):
     stuck_after_s: float = Field(300.0, gt=0, description="No progress for this long while holding work: stuck.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @model_validator(mode="after")
+    def _chunk_bounds(self) -> "FleetSettings":
+        if self.chunk_min_tokens <= self.chunk_max_tokens:
+            return self
+        if "chunk_min_tokens" not in self.model_fields_set:  # only the maximum was lowered: follow it
+            self.chunk_min_tokens = self.chunk_max_tokens // 2
+        else:
+            raise ValueError(
+                f"FLEET_CHUNK_MIN_TOKENS ({self.chunk_min_tokens}) is above FLEET_CHUNK_MAX_TOKENS "
+                f"({self.chunk_max_tokens}): lower the minimum or raise the maximum"
+            )
+        return self
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    def data_folder(self) -> Path:
+        """FLEET_DATA_DIR, created if missing; the embedded services keep their files there."""
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"FLEET_DATA_DIR={self.data_dir} is a file, not a folder: point it at a folder")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create FLEET_DATA_DIR={self.data_dir} ({err.strerror})") from err
+        return self.data_dir
+
     @property
     def embedded_milvus_path(self) -> Path:
-        return self.data_dir / "milvus.db"
+        return self.data_folder() / "milvus.db"
 
     @property
     def embedded_postgres_dir(self) -> Path:
-        return self.data_dir / "postgres"
+        return self.data_folder() / "postgres"
 
     @property
     def uses_broker(self) -> bool:

@@ -92,7 +92,8 @@ def load_chunks(settings: FleetSettings, texts: list[str], counter_info: ModelIn
     ids: list[str] = []
     with closing(postgres.connect(settings, migrate=True)) as conn:
         for start in range(0, len(texts), 100):
-            doc = Document(f"bench/{start:06d}.md", "", AccessLevel(start // 100 % 4), uuid.uuid4().hex)
+            digest = uuid.uuid4().hex
+            doc = Document(f"bench/{start:06d}.md", AccessLevel(start // 100 % 4), "bench", digest, digest)
             chunks = [
                 Chunk(text, count)
                 for text, count in zip(texts[start : start + 100], counts[start : start + 100], strict=True)

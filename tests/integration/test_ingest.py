@@ -132,7 +132,7 @@ def test_another_configured_model_warns_and_chunks_for_the_live_one(settings, ma
 
 
 def test_missing_path_and_empty_query_are_clear_errors(settings, tmp_path):
-    with pytest.raises(InvalidInput, match="is not a folder"):
+    with pytest.raises(InvalidInput, match="does not exist"):
         commands.ingest(settings, tmp_path / "nope", None, wait=False)
     (tmp_path / "one.md").write_text("---\naccess_level: public\n---\nOne file.")
     with pytest.raises(InvalidInput, match="give the folder that holds it"):

@@ -54,6 +54,8 @@ def resolve_model(name: str) -> ModelInfo:
     test_model = re.fullmatch(rf"(?:{'|'.join(TEST_MODELS)})(?::(\d+))?(?:@(\d+))?", name)
     if test_model:
         dim = int(test_model.group(1) or FAKE_DEFAULT_DIM)
+        if dim < 1:
+            raise ConfigError(f"model {name!r} has no dimensions: give one of 1 or more, e.g. fake:64")
         speed = float(test_model.group(2)) if test_model.group(2) else None
         return ModelInfo(name=name, path=None, dim=dim, max_seq_length=FAKE_MAX_SEQ, simulated_tokens_per_s=speed)
     path = _local_dir(name)
@@ -100,8 +102,8 @@ def _output_dim(path: Path) -> int:
     for module in json.loads(modules.read_text()) if modules.is_file() else []:
         if module.get("type", "").endswith("Dense"):
             dim = _read_json(path / module["path"] / "config.json").get("out_features", dim)
-    if not isinstance(dim, int):
-        raise ConfigError(f"cannot tell the embedding dimension of the model in {path}")
+    if not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"cannot tell the embedding dimension of the model in {path} (read {dim!r})")
     return dim
 
 

@@ -36,11 +36,7 @@ class Hit:
 
 def connect(settings: FleetSettings) -> MilvusClient:
     """A client for FLEET_MILVUS_URI, or for the Milvus Lite file under the data dir."""
-    if settings.milvus_uri:
-        uri = settings.milvus_uri
-    else:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        uri = str(settings.embedded_milvus_path.resolve())
+    uri = settings.milvus_uri or str(settings.embedded_milvus_path.resolve())
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
     try:
         return MilvusClient(uri=uri, token=token)

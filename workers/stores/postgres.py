@@ -25,7 +25,7 @@ def _embedded_server(pgdata: Path) -> str:
     # Imported here: a fleet deployment never needs the embedded server.
     import pgserver
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(pgdata)
     log.debug("starting embedded Postgres in %s", pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     _keep_alive.append(server)  # the server stops when its last handle is collected
@@ -33,6 +33,27 @@ def _embedded_server(pgdata: Path) -> str:
 
 
 _keep_alive: list = []
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops its server when the last process using it exits, counting those processes
+    in a file; a process killed outright stays counted for ever, and then no later command ever
+    stops the server. Forget the dead ones before counting ourselves in."""
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList, process_is_running
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        try:
+            pids = handles.get()
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if process_is_running(pid)]
+        if alive != pids:
+            log.info(
+                "embedded Postgres: forgetting %d process(es) that exited without stopping it", len(pids) - len(alive)
+            )
+            handles.put(alive)
 
 
 def open_connection(settings: FleetSettings) -> psycopg.Connection:

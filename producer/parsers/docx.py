@@ -1,0 +1,100 @@
+"""Word `.docx` through python-docx: paragraphs and tables in document order, headings
+(Heading 1…9, or an outline level) for the section path; page headers and footers are not part
+of the body and stay out. Word does not store pages, so a .docx chunk has no page numbers."""
+
+import io
+import re
+import zipfile
+
+import docx
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+
+from producer.parsers.base import Headings, ParsedDocument, ParseError, Parser, TextBuilder
+
+# The body XML a .docx may expand to: beyond this it is a zip bomb, not a document.
+MAX_BODY_BYTES = 512 * 2**20
+_HEADING_STYLE = re.compile(r"heading\s*([1-9])", re.IGNORECASE)
+_NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+
+
+class DocxParser(Parser):
+    suffixes = (".docx",)
+    heavy = True
+
+    def convert(self, data: bytes) -> ParsedDocument:
+        _check_package(data)
+        try:
+            document = docx.Document(io.BytesIO(data))
+            return _build(document)
+        except ParseError:
+            raise
+        except Exception as err:  # python-docx raises KeyError, ValueError, lxml errors...: all mean "not Word"
+            raise ParseError(f"not a readable Word .docx file ({err.__class__.__name__}: {err})") from err
+
+
+def _check_package(data: bytes) -> None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            body = next((info for info in package.infolist() if info.filename == "word/document.xml"), None)
+    except zipfile.BadZipFile as err:
+        raise ParseError(f"not a Word .docx file, or truncated ({err})") from err
+    if body is None:
+        raise ParseError("not a Word .docx file (no word/document.xml inside)")
+    if body.file_size > MAX_BODY_BYTES:
+        raise ParseError(f"expands to {body.file_size / 2**20:.0f} MB of XML: refused as a zip bomb")
+
+
+def _build(document) -> ParsedDocument:
+    builder, headings = TextBuilder(), Headings()
+    style_levels: dict[str | None, int | None] = {}  # python-docx looks a style up slowly: once each
+    for block in document.iter_inner_content():
+        if isinstance(block, Paragraph):
+            style_id = block._p.style
+            if style_id not in style_levels:
+                style_levels[style_id] = style_heading_level(block.style)
+            level = style_levels[style_id] or _outline_level(block._p)
+            if level is not None:
+                headings.enter(level, block.text)
+            builder.add(block.text, section=headings.path)
+        elif isinstance(block, Table):
+            builder.add("\n".join(table_rows(block)), section=headings.path)
+    title = (document.core_properties.title or "").strip()
+    return builder.build({"title": title} if title else {})
+
+
+def style_heading_level(style) -> int | None:
+    """1–9 for a heading style: its name (Heading N), or its outline level, or its base style's."""
+    while style is not None:
+        match = _HEADING_STYLE.fullmatch(style.name or "")
+        if match:
+            return int(match.group(1))
+        outline = _outline_level(style.element)
+        if outline is not None:
+            return outline
+        style = style.base_style
+    return None
+
+
+def _outline_level(element) -> int | None:
+    found = element.find(f"{_NS}pPr/{_NS}outlineLvl")
+    if found is None:
+        return None
+    value = found.get(f"{_NS}val", "")
+    # Levels 0–8 are headings 1–9; 9 means body text.
+    return int(value) + 1 if value.isdigit() and int(value) < 9 else None
+
+
+def table_rows(table: Table) -> list[str]:
+    """Each row as `cell | cell | cell`; a merged cell counts once."""
+    rows = []
+    for row in table.rows:
+        cells, seen = [], set()
+        for cell in row.cells:
+            if id(cell._tc) in seen:
+                continue
+            seen.add(id(cell._tc))
+            cells.append(" ".join(cell.text.split()))
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return rows

@@ -1,0 +1,155 @@
+"""HTML through lxml (libxml2's HTML parser): the main text, `h1`–`h6` for the section path.
+
+Scripts, styles, navigation, page headers and footers, forms and hidden elements are dropped;
+when the page marks its main content (`<main>`, `role="main"`, a single `<article>`), only that
+is read. Block elements become paragraphs, tables rows of `cell | cell`.
+"""
+
+import codecs
+import re
+
+import lxml.etree
+import lxml.html
+
+from producer.parsers.base import Headings, ParsedDocument, ParseError, Parser, TextBuilder
+
+_DROP_TAGS = {
+    "script", "style", "noscript", "template", "svg", "math", "iframe", "object", "embed", "canvas",
+    "nav", "aside", "form", "button", "select", "textarea", "input", "dialog", "head", "menu",
+}  # fmt: skip
+_CHROME_ROLES = {"navigation", "banner", "contentinfo", "search", "menu", "menubar", "complementary", "dialog"}
+_BLOCK_TAGS = {
+    "p", "div", "section", "article", "main", "li", "ul", "ol", "dl", "dt", "dd", "blockquote", "pre",
+    "figure", "figcaption", "address", "details", "summary", "hr", "br", "header", "footer", "caption",
+    "fieldset", "center",
+}  # fmt: skip
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w\-:.]+)""", re.IGNORECASE)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+class HtmlParser(Parser):
+    suffixes = (".html", ".htm")
+    heavy = True
+
+    def convert(self, data: bytes) -> ParsedDocument:
+        if not data.strip():
+            raise ParseError("empty HTML file")
+        parser = lxml.html.HTMLParser(encoding=sniff_encoding(data), remove_comments=True, remove_pis=True)
+        try:
+            root = lxml.html.document_fromstring(data, parser=parser)
+        except (lxml.etree.ParserError, ValueError) as err:
+            raise ParseError(f"HTML cannot be parsed ({err})") from err
+        title = " ".join(root.findtext(".//title", "").split())
+        _drop_chrome(root)
+        walker = _Walker()
+        walker.read(_main_content(root))
+        return walker.builder.build({"title": title} if title else {})
+
+
+def sniff_encoding(data: bytes) -> str:
+    """A byte-order mark, else a `<meta charset>` near the top, else UTF-8 if it decodes, else cp1252."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name
+    declared = _META_CHARSET.search(data[:4096])
+    if declared:
+        try:
+            return codecs.lookup(declared.group(1).decode("ascii")).name
+        except LookupError:
+            pass
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def _is_chrome(element) -> bool:
+    if element.tag in _DROP_TAGS:
+        return True
+    if element.get("hidden") is not None or element.get("aria-hidden") == "true":
+        return True
+    if (element.get("role") or "").lower() in _CHROME_ROLES:
+        return True
+    style = (element.get("style") or "").replace(" ", "").lower()
+    if "display:none" in style or "visibility:hidden" in style:
+        return True
+    # A page's own header and footer are chrome; an article's header holds its title.
+    return element.tag in ("header", "footer") and not any(
+        ancestor.tag in ("article", "main") for ancestor in element.iterancestors()
+    )
+
+
+def _drop_chrome(root) -> None:
+    for element in [el for el in root.iter() if isinstance(el.tag, str) and _is_chrome(el)]:
+        if element.getparent() is not None:
+            element.drop_tree()
+
+
+def _main_content(root):
+    for query in ("//main", "//*[@role='main']", "//article"):
+        found = root.xpath(query)
+        if len(found) == 1:
+            return found[0]
+    body = root.find("body")
+    return body if body is not None else root
+
+
+class _Walker:
+    """Collects inline text into the current paragraph; block elements and headings end it."""
+
+    def __init__(self) -> None:
+        self.builder = TextBuilder()
+        self.headings = Headings()
+        self._inline: list[str] = []
+
+    def read(self, root) -> None:
+        """The text inside `root` (not the text after it, which belongs to its parent)."""
+        if root.text:
+            self._inline.append(root.text)
+        for child in root:
+            self.walk(child)
+        self._flush()
+
+    def walk(self, element) -> None:
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if tag in _HEADINGS:
+            self._flush()
+            title = element.text_content()
+            self.headings.enter(_HEADINGS[tag], title)
+            self.builder.add(" ".join(title.split()), section=self.headings.path)
+        elif tag == "table":
+            self._flush()
+            self.builder.add("\n".join(_table_rows(element)), section=self.headings.path)
+        elif tag == "pre":
+            self._flush()
+            self.builder.add(element.text_content(), section=self.headings.path)
+        else:
+            block = tag in _BLOCK_TAGS
+            if block:
+                self._flush()
+            if element.text:
+                self._inline.append(element.text)
+            for child in element:
+                self.walk(child)
+            if block:
+                self._flush()
+        if element.tail:
+            self._inline.append(element.tail)
+
+    def _flush(self) -> None:
+        if not self._inline:
+            return
+        text = " ".join("".join(self._inline).split())
+        self._inline = []
+        self.builder.add(text, section=self.headings.path)
+
+
+def _table_rows(table) -> list[str]:
+    rows = []
+    for row in table.iter("tr"):
+        cells = [" ".join(cell.text_content().split()) for cell in row if cell.tag in ("td", "th")]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return rows

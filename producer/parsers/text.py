@@ -1,0 +1,67 @@
+"""Markdown and plain text: decoded (UTF-8, or UTF-16/32 with a byte-order mark), NFC, front
+matter read for the level; markdown headings (through markdown-it, so that a `#` inside a code
+block is no heading) give the section path."""
+
+import codecs
+import unicodedata
+
+from markdown_it import MarkdownIt
+
+from producer.levels import split_front_matter
+from producer.parsers.base import Headings, Mark, ParsedDocument, ParseError, Parser
+
+# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def decode_text(data: bytes) -> str:
+    """The text of a text file: NFC, `\\n` line ends; binary or undecodable content is refused."""
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), None)
+    if encoding is None and b"\x00" in data:
+        raise ParseError("binary content (NUL bytes), not text: is the suffix right?")
+    try:
+        text = data.decode(encoding or "utf-8")
+    except UnicodeDecodeError as err:
+        what = encoding or "UTF-8"
+        raise ParseError(f"not valid {what} text (byte {err.start}): save it as UTF-8") from err
+    if "\x00" in text:
+        raise ParseError("binary content (NUL characters), not text: is the suffix right?")
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+class PlainTextParser(Parser):
+    suffixes = (".txt",)
+
+    def convert(self, data: bytes) -> ParsedDocument:
+        front_matter, body = split_front_matter(decode_text(data))
+        return ParsedDocument(body, [], {}, front_matter)
+
+
+class MarkdownParser(Parser):
+    suffixes = (".md", ".markdown")
+
+    def convert(self, data: bytes) -> ParsedDocument:
+        front_matter, body = split_front_matter(decode_text(data))
+        return ParsedDocument(body, heading_marks(body), {}, front_matter)
+
+
+def heading_marks(body: str) -> list[Mark]:
+    """A mark at each heading line, with the path of headings down to it."""
+    line_starts = [0]
+    for line in body.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    tokens = MarkdownIt("commonmark").parse(body)
+    headings, marks = Headings(), []
+    for index, token in enumerate(tokens):
+        if token.type == "heading_open" and token.map:
+            headings.enter(int(token.tag[1]), tokens[index + 1].content)
+            marks.append(Mark(line_starts[token.map[0]], None, headings.path))
+    if marks and marks[0].offset > 0:
+        marks.insert(0, Mark(0, None, None))  # text before the first heading has no section
+    return marks
