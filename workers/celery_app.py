@@ -85,7 +85,7 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
 
     @signals.worker_ready.connect(weak=False)
     def start_engine(**_: object) -> None:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, health=engine.health)
         log.info("preloading %s; metrics on :%s/metrics", settings.model, settings.metrics_port)
         engine.start().preload(settings.model)
 

@@ -110,6 +110,17 @@ class EmbedEngine:
     def healthy(self) -> bool:
         return all(stage.error is None for stage in self.stages)
 
+    def health(self) -> tuple[bool, str]:
+        """(sound, why): the pipeline's stages alive and the heartbeat thread beating."""
+        dead = [stage for stage in self.stages if stage.error is not None]
+        if dead:
+            return False, f"the {dead[0].name} stage stopped: {dead[0].error!r}"
+        if not self.stages:
+            return False, "the embed engine is not started"
+        if self._heartbeat is not None and not self._heartbeat.alive:
+            return False, "the heartbeat thread stopped"
+        return True, f"ok: {self.ledger.chunks_held()} chunks held, {self.chunks_done} done"
+
     def check_healthy(self) -> None:
         dead = [stage for stage in self.stages if stage.error is not None]
         if dead:

@@ -1,10 +1,17 @@
-"""Prometheus metrics of a worker, served on FLEET_METRICS_PORT (`/metrics`).
+"""Prometheus metrics of a worker, served on FLEET_METRICS_PORT (`/metrics`), with `/healthz`.
 
 The engine records what it does; the Grafana dashboard in ops/grafana reads these names.
 Queue depth, backlog and ETA are the exporter's (`producer serve-metrics`), not a worker's.
+`/healthz` answers 200 while the worker itself is sound and 503 (with the reason) when it is not:
+what a container's liveness and readiness probes ask.
 """
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 CHUNKS_EMBEDDED = Counter("fleet_chunks_embedded", "Chunks embedded and stored in both sinks")
 TOKENS_EMBEDDED = Counter("fleet_tokens_embedded", "Tokens run through the model (without padding)")
@@ -27,7 +34,21 @@ GPU_MEMORY = Gauge("fleet_gpu_memory_bytes", "Peak device memory allocated by th
 MODEL_LOADED = Gauge("fleet_model_loaded", "1 for each model this worker has loaded", ["model"])
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on `port` (0: not at all)."""
-    if port:
-        start_http_server(port)
+Health = Callable[[], tuple[bool, str]]
+
+
+def serve(port: int, health: Health | None = None) -> None:
+    """Serve /metrics and /healthz on `port` (0: not at all), from a daemon thread."""
+    if not port:
+        return
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return metrics_app(environ, start_response)
+        healthy, reason = health() if health else (True, "ok")
+        start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [reason.encode() + b"\n"]
+
+    server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

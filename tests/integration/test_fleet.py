@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from producer.dispatch import CeleryDispatcher
 from tests import services
+from tests.conftest import free_port
 from tests.integration.conftest import REPO, cli_env, run_cli, run_json, write_corpus
 from workers.stores import catalog, milvus, postgres
 
@@ -52,7 +54,9 @@ def stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def worker(fleet_settings, tmp_path) -> Iterator[subprocess.Popen]:
-    process = start_worker(cli_env(fleet_settings), tmp_path / "worker.log", "w1")
+    port = free_port()
+    process = start_worker({**cli_env(fleet_settings), "FLEET_METRICS_PORT": str(port)}, tmp_path / "worker.log", "w1")
+    process.metrics_port = port
     yield process
     stop(process)
     print((tmp_path / "worker.log").read_text()[-5000:])
@@ -75,6 +79,8 @@ def test_worker_process_embeds_what_the_producer_enqueues(fleet_settings, worker
     again = run_json(env, "producer", "ingest", str(docs), "--wait")
     assert again["chunks_enqueued"] == 0
     assert worker.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=5) as health:
+        assert health.status == 200 and health.read().startswith(b"ok")
 
 
 def test_two_worker_processes_share_the_work_without_duplicates(fleet_settings, tmp_path):
