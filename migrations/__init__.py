@@ -1,1 +1,2 @@
-"""The Postgres schema as numbered SQL files, and the runner that applies them."""
+"""`migrate`: apply the schema to a server (`migrate db`) and move the vectors between index
+versions (blue-green re-index, verify and repair)."""

@@ -4,19 +4,20 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from migrations import reindex, runner
+from migrations import reindex
 from producer.commands import dispatcher_for
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
 from workers.constants import STATE_RETIRED
 from workers.errors import InvalidInput, ServiceUnavailable
 from workers.settings import FleetSettings
+from workers import schema
 from workers.stores import catalog, milvus, postgres
 
 
 def migrate_db(settings: FleetSettings) -> dict:
     with closing(postgres.open_connection(settings)) as conn:
-        applied = runner.apply(conn)
+        applied = schema.apply(conn)
         (current,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     return {"applied": [f"{m.version:04d}_{m.name}" for m in applied], "schema_version": current}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 
-from migrations import runner
+from workers import schema
 from workers.errors import ServiceUnavailable
 from workers.settings import FleetSettings
 
@@ -74,7 +74,7 @@ def connect(settings: FleetSettings, *, migrate: bool | None = None) -> psycopg.
     """
     conn = open_connection(settings)
     if migrate if migrate is not None else settings.database_url is None:
-        runner.apply(conn)
+        schema.apply(conn)
     else:
-        runner.check_current(conn)
+        schema.check_current(conn)
     return conn

@@ -1,7 +1,10 @@
-"""Apply `NNNN_name.sql` files in order, each in its own transaction, recorded with its hash.
+"""The Postgres schema: `NNNN_name.sql` files beside this module, applied in order, each in its
+own transaction, recorded with its hash.
 
-Two processes starting at once (producer and worker) serialise on an advisory lock. A file
-edited after it was applied is refused: released migrations are frozen.
+They live with the workers because every layer needs them: an embedded database is migrated by
+whichever process opens it first, and a server's is checked (`migrate db` applies it). Two
+processes starting at once (producer and worker) serialise on an advisory lock. A file edited
+after it was applied is refused: released migrations are frozen.
 """
 
 import hashlib
@@ -32,7 +35,7 @@ class Migration:
 def available() -> list[Migration]:
     """The migrations shipped in this package, in order."""
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files(__name__).iterdir():
         match = _FILE.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
