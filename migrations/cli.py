@@ -87,6 +87,7 @@ def _describe_reindex(report: dict) -> str:
         f"about {plan['estimated_seconds']:.0f}s ({plan['estimate_basis']}); "
         f"new collection about {plan['storage_bytes'] / 2**20:.1f} MiB",
         *plan["warnings"],
+        *report.get("warnings", []),
     ]
     if "backfill" in report:
         fill = report["backfill"]

@@ -1,5 +1,6 @@
 """The `migrate` commands wired to their stores: one function per command, no printing."""
 
+import logging
 import time
 from contextlib import closing
 from pathlib import Path
@@ -8,11 +9,13 @@ from migrations import reindex
 from producer.commands import dispatcher_for
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
-from workers.constants import STATE_RETIRED
-from workers.errors import InvalidInput, ServiceUnavailable
-from workers.settings import FleetSettings
 from workers import schema
+from workers.constants import STATE_RETIRED
+from workers.errors import InvalidInput, QualityGateFailed, ServiceUnavailable
+from workers.settings import FleetSettings
 from workers.stores import catalog, milvus, postgres
+
+log = logging.getLogger(__name__)
 
 
 def migrate_db(settings: FleetSettings) -> dict:
@@ -59,6 +62,13 @@ def run_reindex(
             raise InvalidInput(f"{green.collection} is not ready: {'; '.join(verification.problems)}")
         if cases:
             report["eval"] = _gate(conn, client, blue, green, cases, settings.device, max_regression, force)
+        else:
+            warning = (
+                "no quality gate ran (no --eval FILE): the new version is not compared with the live one; "
+                "run `producer eval FILE` after the cutover, `migrate rollback` if it got worse"
+            )
+            log.warning(warning)
+            report["warnings"] = [warning]
         if cutover:
             started = time.perf_counter()
             report["caught_up_at_cutover"] = _switch(settings, conn, client, green)
@@ -78,7 +88,7 @@ def _embed_pending(settings: FleetSettings, conn, version) -> int:
     """Send every chunk `version` lacks to the workers (in-process without a broker) and wait."""
     reindex.fill_pending(conn, version)
     dispatcher = dispatcher_for(settings)
-    sent = send_pending(dispatcher, conn, version, settings.task_chunks)
+    sent = send_pending(dispatcher, conn, version)
     dispatcher.wait(conn, [version])
     return sent
 
@@ -103,7 +113,7 @@ def _gate(conn, client, blue, green, cases, device: str, max_regression: float, 
     drop = results["blue"]["mrr"] - results["green"]["mrr"]
     results["mrr_drop"] = drop
     if drop > max_regression and not force:
-        raise InvalidInput(
+        raise QualityGateFailed(
             f"green MRR {results['green']['mrr']:.3f} is {drop:.3f} below blue's {results['blue']['mrr']:.3f} "
             f"(allowed {max_regression}): not cutting over; pass --force to cut over anyway"
         )

@@ -1,9 +1,14 @@
-"""Milvus against Postgres, the truth: vectors without a done chunk, done chunks without a vector.
+"""Milvus against Postgres, the truth: vectors of chunks that are gone, done chunks without a vector.
 
 After any crash `count(Milvus) == count(chunks done in Postgres)` should hold for every kept
-version; a crash between a Postgres commit and the Milvus delete that follows it can leave an
-orphan vector, and a lost Milvus segment a missing one. `migrate verify` finds both, `--repair`
-deletes the orphans and puts the missing chunks back to pending for the workers.
+version (the outbox sees to deletions); a lost Milvus segment, or a store restored from an older
+backup, can still break it. `migrate verify` finds both sides, `--repair` deletes the orphans and
+puts the missing chunks back to pending for the workers.
+
+Safe while workers write: a worker upserts a vector before it marks its chunk done, so the done
+set is read *before* Milvus is scanned (every chunk done then has its vector by then), and what
+is registered *after* it (a vector written during the scan belongs to a registered chunk). An
+orphan is a vector whose chunk this version no longer has: deleting it can never remove work.
 """
 
 from dataclasses import asdict, dataclass
@@ -11,7 +16,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 from pymilvus import MilvusClient
 
-from workers.stores import catalog, milvus
+from workers.stores import catalog, milvus, outbox
 from workers.stores.catalog import IndexVersion
 
 SCAN_ROWS = 5000
@@ -36,7 +41,9 @@ class VersionCheck:
 
 
 def check_all(conn: psycopg.Connection, client: MilvusClient, repair: bool) -> list[VersionCheck]:
-    """Check (and with `repair`, fix) every version whose collection exists."""
+    """Check (and with `repair`, fix) every version whose collection exists, after carrying out the
+    deletions still in the outbox."""
+    outbox.apply(conn, client)
     return [
         check_version(conn, client, version, repair)
         for version in catalog.all_versions(conn)
@@ -45,15 +52,11 @@ def check_all(conn: psycopg.Connection, client: MilvusClient, repair: bool) -> l
 
 
 def check_version(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, repair: bool) -> VersionCheck:
-    done = {
-        chunk_id
-        for (chunk_id,) in conn.execute(
-            "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s AND embedded_at IS NOT NULL",
-            (version.id,),
-        )
-    }
+    done = _chunk_ids(conn, version, "AND embedded_at IS NOT NULL")
     stored = _milvus_ids(client, version.collection)
-    orphans, missing = sorted(stored - done), sorted(done - stored)
+    registered = _chunk_ids(conn, version, "")
+    orphans = sorted(stored - registered)
+    missing = sorted((done - stored) & registered)  # a chunk removed meanwhile is not missing
     result = VersionCheck(version.collection, version.state, len(done), len(stored), len(orphans), len(missing))
     if repair and not result.consistent:
         milvus.delete(client, version.collection, orphans)
@@ -64,6 +67,11 @@ def check_version(conn: psycopg.Connection, client: MilvusClient, version: Index
         )
         result.repaired = True
     return result
+
+
+def _chunk_ids(conn: psycopg.Connection, version: IndexVersion, condition: str) -> set[str]:
+    query = "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s " + condition
+    return {chunk_id for (chunk_id,) in conn.execute(query, (version.id,))}
 
 
 def _milvus_ids(client: MilvusClient, collection: str) -> set[str]:

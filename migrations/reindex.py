@@ -242,12 +242,16 @@ def rollback_target(conn: psycopg.Connection, client: MilvusClient) -> tuple[Ind
 
 def cleanup(conn: psycopg.Connection, client: MilvusClient, state: str = STATE_RETIRED) -> list[IndexVersion]:
     """Drop the collections of the versions in `state` (retired: no rollback to them after this;
-    building: an abandoned re-index) and forget them."""
-    dropped = [version for version in catalog.all_versions(conn) if version.state == state]
-    for version in dropped:
-        if client.has_collection(version.collection):
-            client.drop_collection(version.collection)
-        conn.execute("DELETE FROM index_versions WHERE id = %s", (version.id,))
+    building: an abandoned re-index) and forget them, under the versions lock: no ingest writes
+    chunks for a version while it goes, and no cutover picks one."""
+    with conn.transaction():
+        catalog.lock_versions(conn, exclusive=True)
+        dropped = [version for version in catalog.all_versions(conn) if version.state == state]
+        for version in dropped:
+            conn.execute("DELETE FROM index_versions WHERE id = %s", (version.id,))
+        for version in dropped:  # last: if a drop fails, the transaction (and the versions) stay
+            if client.has_collection(version.collection):
+                client.drop_collection(version.collection)
     return dropped
 
 

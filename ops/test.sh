@@ -17,4 +17,5 @@ bash ops/ensure-services.sh
 
 ruff check .
 ruff format --check .
+lint-imports
 python -m pytest -q "$@"

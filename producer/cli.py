@@ -134,12 +134,19 @@ def _print_status(status: dict) -> None:
         f"documents {status['documents']}, chunks {status['chunks']}: embedded {status['embedded']}, "
         f"pending {status['pending']}, failed {status['failed']}"
     )
-    eta = "-" if status["eta_s"] is None else f"{status['eta_s']:.0f}s"
+    eta = "stalled" if status["stalled"] else "-" if status["eta_s"] is None else f"{status['eta_s']:.0f}s"
     print(f"backlog {status['backlog']} chunks at {status['rate_chunks_per_s']:.1f} chunks/s: eta {eta}")
+    if status["lost_chunks"]:
+        print(f"LOST {status['lost_chunks']} chunks: their tasks were lost; the workers' reconciler sends them again")
     for worker in status["stuck_workers"]:
         print(
             f"STUCK {worker['name']}: holds {worker['chunks_held']} chunks, "
             f"no progress for {worker['seconds_without_progress']:.0f}s"
+        )
+    for worker in status["gone_workers"]:
+        print(
+            f"GONE {worker['name']}: silent for {worker['seconds_since_seen']:.0f}s while holding "
+            f"{worker['chunks_held']} chunks (sent again by the reconciler)"
         )
 
 

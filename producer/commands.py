@@ -5,9 +5,10 @@ from pathlib import Path
 
 from producer import ingest as ingesting
 from producer import search as searching
-from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, make_tasks, send_pending
+from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, send_pending
 from producer.evaluate import evaluate, load_cases
 from producer.index import serving_version
+from workers import reconciler
 from workers.access import AccessLevel
 from workers.constants import RATE_WINDOW_S
 from workers.embedding import resolve_model
@@ -45,7 +46,10 @@ def status(settings: FleetSettings) -> dict:
         counts = progress.progress(conn, live.id) if live else progress.Progress(0, 0, 0)
         backlog = sum(progress.progress(conn, version.id).pending for version in catalog.active_versions(conn))
         rate = progress.recent_rate(conn, RATE_WINDOW_S)
-        stuck = progress.stuck_workers(conn, settings.stuck_after_s)
+        stuck = progress.stuck_workers(conn, settings.stuck_after_s, settings.worker_gone_after_s)
+        gone = progress.gone_workers(conn, settings.worker_gone_after_s)
+        lost = reconciler.count_lost(conn, settings) if settings.uses_broker else 0
+        eta = progress.eta_seconds(backlog, rate)
     return {
         "documents": documents,
         "chunks": chunks,
@@ -55,8 +59,12 @@ def status(settings: FleetSettings) -> dict:
         "index": {"name": live.collection, "model": live.model, "dim": live.dim} if live else None,
         "backlog": backlog,
         "rate_chunks_per_s": rate,
-        "eta_s": progress.eta_seconds(backlog, rate),
+        "eta_s": eta,
+        # Work waits, nothing moves: say so instead of an ETA.
+        "stalled": backlog > 0 and eta is None,
+        "lost_chunks": lost,
         "stuck_workers": stuck,
+        "gone_workers": gone,
     }
 
 
@@ -78,10 +86,9 @@ def retry(settings: FleetSettings, include_pending: bool) -> int:
         for version in versions:
             failed = progress.retry_failed(conn, version.id)
             if include_pending or not settings.uses_broker:
-                sent += send_pending(dispatcher, conn, version, settings.task_chunks)
+                sent += send_pending(dispatcher, conn, version)
             else:
-                dispatcher.send(make_tasks(version.id, failed, settings.task_chunks))
-                sent += len(failed)
+                sent += dispatcher.send(conn, version.id, failed)
         if not settings.uses_broker:
             dispatcher.wait(conn, versions)
         return sent

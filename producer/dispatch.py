@@ -1,5 +1,10 @@
-"""Where embed tasks go: to Celery workers through the broker, or to an engine in this process."""
+"""Where embed tasks go: to Celery workers through the broker, or to an engine in this process.
 
+A broker that cannot be reached does not stop the command: the chunks are registered in Postgres
+(the truth), counted as unsent, and the workers' reconciler sends them once the broker is back.
+"""
+
+import logging
 import time
 from concurrent.futures import Future
 from typing import Protocol
@@ -7,18 +12,23 @@ from typing import Protocol
 import psycopg
 from tqdm import tqdm
 
-from workers.constants import EMBED_QUEUE, EMBED_TASK
+from workers import sending
 from workers.contracts import EmbedTask
 from workers.errors import ServiceUnavailable
 from workers.settings import FleetSettings
 from workers.stores import progress
 from workers.stores.catalog import IndexVersion
 
+log = logging.getLogger(__name__)
+
 POLL_S = 0.5
 
 
 class Dispatcher(Protocol):
-    def send(self, tasks: list[EmbedTask]) -> None: ...
+    unsent: int  # chunks that could not be sent (the broker was out): the reconciler sends them
+
+    def send(self, conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> int:
+        """Send these chunks to be embedded; returns how many were sent."""
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         """Block until the work sent is done (or recorded as failed), showing progress."""
@@ -27,15 +37,9 @@ class Dispatcher(Protocol):
         """Release what sending needed; `abandon` (an interrupt): stop now, leaving work pending."""
 
 
-def make_tasks(version_id: int, chunk_ids: list[str], size: int) -> list[EmbedTask]:
-    return [EmbedTask(version_id, chunk_ids[start : start + size]) for start in range(0, len(chunk_ids), size)]
-
-
-def send_pending(dispatcher: Dispatcher, conn: psycopg.Connection, version: IndexVersion, task_chunks: int) -> int:
-    """Send every chunk still pending for `version`; returns how many."""
-    pending = progress.pending_chunk_ids(conn, version.id)
-    dispatcher.send(make_tasks(version.id, pending, task_chunks))
-    return len(pending)
+def send_pending(dispatcher: Dispatcher, conn: psycopg.Connection, version: IndexVersion) -> int:
+    """Send every chunk still pending for `version`; returns how many were sent."""
+    return dispatcher.send(conn, version.id, progress.pending_chunk_ids(conn, version.id))
 
 
 class CeleryDispatcher:
@@ -45,11 +49,20 @@ class CeleryDispatcher:
         from workers.celery_app import create_app
 
         self.app = create_app(settings)
+        self.task_chunks = settings.task_chunks
         self.stall_after_s = settings.stuck_after_s
+        self.unsent = 0
 
-    def send(self, tasks: list[EmbedTask]) -> None:
-        for task in tasks:
-            self.app.send_task(EMBED_TASK, kwargs=task.to_kwargs(), queue=EMBED_QUEUE)
+    def send(self, conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> int:
+        if self.unsent:  # the broker was out earlier in this run: leave the rest to the reconciler
+            self.unsent += len(chunk_ids)
+            return 0
+        try:
+            return sending.send(self.app, conn, version_id, chunk_ids, self.task_chunks)
+        except ServiceUnavailable as err:
+            log.warning("%s: chunks stay pending and the workers' reconciler sends them once it is back", err)
+            self.unsent += len(chunk_ids)
+            return 0
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         """Poll until nothing is pending; give up when nothing moved for FLEET_STUCK_AFTER_S."""
@@ -86,10 +99,14 @@ class InProcessDispatcher:
         from workers.engine import EmbedEngine
 
         self._engine = EmbedEngine(settings).start()
+        self.task_chunks = settings.task_chunks
+        self.unsent = 0
         self._futures: list[tuple[EmbedTask, Future]] = []
 
-    def send(self, tasks: list[EmbedTask]) -> None:
-        self._futures += [(task, self._engine.submit(task)) for task in tasks]
+    def send(self, conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> int:
+        for task in sending.make_tasks(version_id, chunk_ids, self.task_chunks):
+            self._futures.append((task, self._engine.submit(task)))
+        return len(chunk_ids)
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
         total = sum(len(task.chunk_ids) for task, _ in self._futures)

@@ -14,6 +14,7 @@ from pymilvus import MilvusClient
 from producer.search import encoder_for, search
 from workers.access import AccessLevel
 from workers.errors import InvalidInput
+from workers.stores import milvus
 from workers.stores.catalog import IndexVersion
 
 RANK_CUTOFF = 10
@@ -51,6 +52,7 @@ def evaluate(
     conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, cases: list[EvalCase], device: str
 ) -> dict:
     """MRR@10, Hit@1 and Hit@5 of `version` on `cases`."""
+    milvus.ensure_loaded(client, version.collection)  # a fresh process finds it released
     encoder = encoder_for(version.model, device)
     ranks = []
     for case in cases:

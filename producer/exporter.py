@@ -12,19 +12,16 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from workers import reconciler
+from workers.broker import queue_depth
 from workers.constants import EMBED_QUEUE, RATE_WINDOW_S
 from workers.settings import FleetSettings
-from workers.stores import catalog, postgres, progress
+from workers.stores import catalog, outbox, postgres, progress
 
 
 class FleetCollector(Collector):
     def __init__(self, settings: FleetSettings):
         self.settings = settings
-        self._redis = None
-        if settings.broker_url and settings.broker_url.get_secret_value().startswith(("redis://", "rediss://")):
-            import redis
-
-            self._redis = redis.Redis.from_url(settings.broker_url.get_secret_value())
 
     def collect(self):
         yield from self._queue_depth()
@@ -53,13 +50,22 @@ class FleetCollector(Collector):
                 "Seconds until the backlog is embedded (NaN while nothing moves)",
                 value=float("nan") if eta is None else eta,
             )
-            stuck = progress.stuck_workers(conn, self.settings.stuck_after_s)
+            gone_after = self.settings.worker_gone_after_s
+            stuck = progress.stuck_workers(conn, self.settings.stuck_after_s, gone_after)
             yield GaugeMetricFamily("fleet_stuck_workers", "Workers holding work without progress", value=len(stuck))
+            gone = progress.gone_workers(conn, gone_after)
+            yield GaugeMetricFamily("fleet_gone_workers", "Workers silent while holding work", value=len(gone))
+            lost = reconciler.count_lost(conn, self.settings)
+            yield GaugeMetricFamily("fleet_lost_chunks", "Pending chunks whose task was lost", value=lost)
+            yield GaugeMetricFamily(
+                "fleet_outbox_rows", "Vector deletions Milvus has not confirmed", value=outbox.pending(conn)
+            )
 
     def _queue_depth(self):
         depth = GaugeMetricFamily("fleet_queue_depth", "Task messages waiting in the broker", labels=["queue"])
-        if self._redis is not None:
-            depth.add_metric([EMBED_QUEUE], self._redis.llen(EMBED_QUEUE))
+        waiting = queue_depth(self.settings)
+        if waiting is not None:
+            depth.add_metric([EMBED_QUEUE], waiting)
         yield depth
 
 

@@ -13,18 +13,19 @@ import psycopg
 from pymilvus import MilvusClient
 from tqdm import tqdm
 
+from producer import roots
 from producer.chunking import ChunkLimits
-from producer.dispatch import Dispatcher, InProcessDispatcher, make_tasks, send_pending
+from producer.dispatch import Dispatcher, InProcessDispatcher, send_pending
 from producer.documents import Rejection, Source, Unchanged
 from producer.index import ensure_live_version
 from producer.intake import Intake, Prepared
-from producer.registry import documents_outside, fingerprints, register, remove_documents
+from producer.registry import claim_root, fingerprints, register, remove_documents
 from producer.walk import Walk
 from workers.access import AccessLevel
 from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.errors import InvalidInput
 from workers.settings import FleetSettings
-from workers.stores import catalog, milvus
+from workers.stores import catalog, outbox
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class IngestReport:
     documents_removed: int = 0
     documents_withdrawn: int = 0
     chunks_enqueued: int = 0
+    chunks_unsent: int = 0
     chunks_removed: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     skipped: list[Rejection] = field(default_factory=list)
@@ -78,7 +80,7 @@ def chunk_limits(settings: FleetSettings, info: ModelInfo) -> tuple[ChunkLimits,
 
 
 def ingest(
-    root: Path,
+    folder: Path,
     default_level: AccessLevel | None,
     settings: FleetSettings,
     conn: psycopg.Connection,
@@ -87,19 +89,24 @@ def ingest(
     dispatcher: Dispatcher,
     prune: bool = False,
 ) -> IngestReport:
-    """Register what is new or changed under `root` and send it to be embedded; with `prune`, also
-    remove the documents no longer under `root` (PATH must then be the whole corpus)."""
-    _check_root(root)
+    """Register what is new or changed under `folder` and send it to be embedded; with `prune`,
+    also remove the documents under `folder` that are no longer there."""
+    _check_root(folder)
     report = IngestReport()
     live, mismatch = ensure_live_version(conn, client, settings, info)
     info = resolve_model(live.model)
     limits, too_short = chunk_limits(settings, info)
     for warning in (mismatch, too_short):
         if warning:
-            log.warning(warning)
-            report.warnings.append(warning)
+            _warn(report, warning)
+    root = roots.resolve(conn, folder)
+    if root.prefix:
+        log.info("%s is inside %s, ingested before: its documents are %s...", folder, root.base, root.prefix)
+    roots.record(conn, root)
+    vectors = _Vectors(conn, client)
+    vectors.delete_pending()  # what an earlier run could not delete (Milvus was out)
     known = fingerprints(conn)
-    walk = Walk(root)
+    walk = Walk(root.path, root.prefix, root.base)
     sources = (
         Source(
             found.path,
@@ -119,7 +126,7 @@ def ingest(
             report.files_seen += 1
             if isinstance(outcome, Prepared):
                 seen.add(outcome.document.source_path)
-                _store(outcome, report, conn, client, dispatcher, settings.task_chunks, send=not in_process)
+                _store(outcome, root, report, conn, vectors, dispatcher, send=not in_process)
             elif isinstance(outcome, Unchanged):
                 seen.add(outcome.name)
                 report.documents_unchanged += 1
@@ -127,18 +134,50 @@ def ingest(
                 seen.add(outcome.path)
                 report.rejected.append(outcome)
                 if outcome.withdraw and outcome.path in known:
-                    _withdraw(outcome.path, report, conn, client)
+                    _withdraw(outcome.path, report, conn, vectors)
+    claim_root(conn, seen, root.key)
     report.rejected += walk.rejected
     report.skipped = walk.skipped
     report.documents_rejected, report.files_skipped = len(report.rejected), len(report.skipped)
     for rejection in report.rejected:
         log.debug("refused %s: %s", rejection.path, rejection.reason)
     if prune:
-        _prune(documents_outside(conn, seen, walk.unreadable), report, conn, client, root)
+        _prune(roots.prunable(conn, root, seen, walk.unreadable), report, conn, vectors, folder)
     if in_process:
         for version in catalog.active_versions(conn):
-            report.chunks_enqueued += send_pending(dispatcher, conn, version, settings.task_chunks)
+            report.chunks_enqueued += send_pending(dispatcher, conn, version)
+    report.chunks_unsent = dispatcher.unsent
+    if dispatcher.unsent:
+        _warn(
+            report,
+            f"{dispatcher.unsent} chunks could not be sent (the broker is out): they stay pending, and "
+            "the workers' reconciler sends them once it is back",
+        )
+    if not vectors.confirmed:
+        _warn(
+            report,
+            "Milvus is out: vectors of removed chunks are deleted once it is back (the workers' "
+            "reconciler, or the next ingest)",
+        )
     return report
+
+
+def _warn(report: IngestReport, warning: str) -> None:
+    log.warning(warning)
+    report.warnings.append(warning)
+
+
+class _Vectors:
+    """Deletes through the outbox: at once while Milvus answers, left for later once it does not."""
+
+    def __init__(self, conn: psycopg.Connection, client: MilvusClient):
+        self.conn = conn
+        self.client = client
+        self.confirmed = True
+
+    def delete_pending(self) -> None:
+        if self.confirmed:
+            self.confirmed = outbox.apply_if_possible(self.conn, self.client)
 
 
 def _check_root(root: Path) -> None:
@@ -154,45 +193,34 @@ def _check_root(root: Path) -> None:
 
 def _store(
     prepared: Prepared,
+    root: roots.IngestRoot,
     report: IngestReport,
     conn: psycopg.Connection,
-    client: MilvusClient,
+    vectors: _Vectors,
     dispatcher: Dispatcher,
-    task_chunks: int,
     send: bool,
 ) -> None:
-    registration = register(conn, prepared.document, prepared.chunks)
+    registration = register(conn, prepared.document, prepared.chunks, root.key)
     report.count(registration.status)
     report.chunks_removed += len(registration.removed)
-    delete_vectors(conn, client, registration.removed)
+    if registration.removed:
+        vectors.delete_pending()
     if registration.added and send:
         for version_id in registration.version_ids:
-            dispatcher.send(make_tasks(version_id, registration.added, task_chunks))
-            report.chunks_enqueued += len(registration.added)
+            report.chunks_enqueued += dispatcher.send(conn, version_id, registration.added)
 
 
-def _withdraw(path: str, report: IngestReport, conn: psycopg.Connection, client: MilvusClient) -> None:
+def _withdraw(path: str, report: IngestReport, conn: psycopg.Connection, vectors: _Vectors) -> None:
     """Take out of the index a document whose level can no longer be read: never serve it at the old one."""
-    chunk_ids = remove_documents(conn, [path])
-    delete_vectors(conn, client, chunk_ids)
+    report.chunks_removed += len(remove_documents(conn, [path], f"{path} withdrawn: its level cannot be read"))
+    vectors.delete_pending()
     report.documents_withdrawn += 1
-    report.chunks_removed += len(chunk_ids)
     log.warning("withdrew %s from the index until its access level can be read again", path)
 
 
-def _prune(paths: list[str], report: IngestReport, conn: psycopg.Connection, client: MilvusClient, root: Path) -> None:
-    chunk_ids = remove_documents(conn, paths)
-    delete_vectors(conn, client, chunk_ids)
+def _prune(paths: list[str], report: IngestReport, conn: psycopg.Connection, vectors: _Vectors, folder: Path) -> None:
+    chunk_ids = remove_documents(conn, paths, f"pruned: no longer under {folder}")
+    vectors.delete_pending()
     report.documents_removed, report.chunks_removed = len(paths), report.chunks_removed + len(chunk_ids)
     for path in paths:
-        log.info("removed %s: no longer under %s", path, root)
-
-
-def delete_vectors(conn: psycopg.Connection, client: MilvusClient, chunk_ids: list[str]) -> None:
-    """Delete chunks' vectors from every kept collection (retired ones too: a rollback to one must
-    not bring removed chunks back)."""
-    if not chunk_ids:
-        return
-    for version in catalog.all_versions(conn):
-        if client.has_collection(version.collection):
-            milvus.delete(client, version.collection, chunk_ids)
+        log.info("removed %s: no longer under %s", path, folder)

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from producer.chunking import Chunk
 from producer.documents import Document
-from workers.stores import catalog
+from workers.stores import catalog, outbox
 
 Status = Literal["new", "changed", "unchanged"]
 
@@ -32,25 +32,27 @@ def chunk_id(document: Document, ordinal: int, text: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk]) -> Registration:
+def register(conn: psycopg.Connection, document: Document, chunks: list[Chunk], ingest_root: str) -> Registration:
     """Store `document` and its chunks in one transaction; queue new chunks for each active version
     (live and building: the dual write of a re-index), read under the versions lock.
 
     A document whose chunks are all there already is "unchanged" (a touched file, a new sidecar
-    with the same level): only its record and the chunks' places are updated."""
+    with the same level): only its record and the chunks' places are updated. The vectors of
+    removed chunks go through the outbox, in the same transaction."""
     with conn.transaction():
         catalog.lock_versions(conn, exclusive=False)
         version_ids = [version.id for version in catalog.active_versions(conn)]
         existing = conn.execute(
             "SELECT id FROM documents WHERE source_path = %s FOR UPDATE", (document.source_path,)
         ).fetchone()
-        document_id = _upsert_document(conn, document)
+        document_id = _upsert_document(conn, document, ingest_root)
         wanted = {chunk_id(document, ordinal, chunk.text): (ordinal, chunk) for ordinal, chunk in enumerate(chunks)}
         present = {row[0] for row in conn.execute("SELECT id FROM chunks WHERE document_id = %s", (document_id,))}
         removed = sorted(present - wanted.keys())
         added = [cid for cid in wanted if cid not in present]
         # Cascades to chunk_embeddings and failures of the removed chunks.
         conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (removed,))
+        outbox.add(conn, removed, f"chunks of {document.source_path} changed")
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO chunks (id, document_id, ordinal, text, token_count, page_start, page_end, section)"
@@ -84,15 +86,16 @@ def _place(chunk: Chunk) -> tuple[int | None, int | None, str | None]:
     return chunk.page_start, chunk.page_end, chunk.section
 
 
-def _upsert_document(conn: psycopg.Connection, document: Document) -> int:
+def _upsert_document(conn: psycopg.Connection, document: Document, ingest_root: str) -> int:
     (document_id,) = conn.execute(
         """
-        INSERT INTO documents (source_path, content_sha256, access_level, metadata, fingerprint, level_source)
-        VALUES (%s, %s, %s, %s, %s, %s)
+        INSERT INTO documents
+            (source_path, content_sha256, access_level, metadata, fingerprint, level_source, ingest_root)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (source_path) DO UPDATE
         SET content_sha256 = EXCLUDED.content_sha256, access_level = EXCLUDED.access_level,
             metadata = EXCLUDED.metadata, fingerprint = EXCLUDED.fingerprint,
-            level_source = EXCLUDED.level_source, updated_at = now()
+            level_source = EXCLUDED.level_source, ingest_root = EXCLUDED.ingest_root, updated_at = now()
         RETURNING id
         """,
         (
@@ -102,6 +105,7 @@ def _upsert_document(conn: psycopg.Connection, document: Document) -> int:
             Jsonb(document.metadata),
             document.fingerprint,
             document.level_source,
+            ingest_root,
         ),
     ).fetchone()
     return document_id
@@ -112,8 +116,9 @@ def fingerprints(conn: psycopg.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT source_path, fingerprint FROM documents WHERE fingerprint IS NOT NULL"))
 
 
-def remove_documents(conn: psycopg.Connection, paths: list[str]) -> list[str]:
-    """Delete these documents with their chunks; returns the chunk ids removed."""
+def remove_documents(conn: psycopg.Connection, paths: list[str], reason: str) -> list[str]:
+    """Delete these documents with their chunks (their vectors through the outbox, in the same
+    transaction); returns the chunk ids removed."""
     with conn.transaction():
         catalog.lock_versions(conn, exclusive=False)
         rows = conn.execute(
@@ -122,10 +127,11 @@ def remove_documents(conn: psycopg.Connection, paths: list[str]) -> list[str]:
             (paths,),
         ).fetchall()
         conn.execute("DELETE FROM documents WHERE source_path = ANY(%s)", (paths,))
-    return [chunk_id for (chunk_id,) in rows]
+        chunk_ids = [chunk_id for (chunk_id,) in rows]
+        outbox.add(conn, chunk_ids, reason)
+    return chunk_ids
 
 
-def documents_outside(conn: psycopg.Connection, keep: set[str], keep_prefixes: list[str]) -> list[str]:
-    """The documents whose path is neither in `keep` nor under one of `keep_prefixes`."""
-    paths = [path for (path,) in conn.execute("SELECT source_path FROM documents ORDER BY source_path")]
-    return [path for path in paths if path not in keep and not path.startswith(tuple(keep_prefixes))]
+def claim_root(conn: psycopg.Connection, paths: set[str], ingest_root: str) -> None:
+    """Record that these (unchanged) documents were found under `ingest_root` in this run."""
+    conn.execute("UPDATE documents SET ingest_root = %s WHERE source_path = ANY(%s)", (ingest_root, sorted(paths)))

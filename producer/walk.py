@@ -41,18 +41,42 @@ class Found:
 @dataclass
 class Walk:
     root: Path
+    # Identities are `prefix` + the path under `root`; `.fleet.yaml` rules apply from `base` down
+    # (a folder inside one ingested before: see roots.py).
+    prefix: str = ""
+    base: Path | None = None
     rejected: list[Rejection] = field(default_factory=list)
     skipped: list[Rejection] = field(default_factory=list)
     # Folders that could not be read: `--prune` keeps the documents under them.
     unreadable: list[str] = field(default_factory=list)
     _root_real: str = ""
+    _base_real: str = ""  # control files above the root may live up to here
     _visited: set[str] = field(default_factory=set)
     _names: set[str] = field(default_factory=set)
 
     def documents(self) -> Iterator[Found]:
         """The documents under the root, in a stable order; refusals and skips are kept meanwhile."""
         self._root_real = os.path.realpath(self.root)
-        yield from self._folder(self.root, "", None)
+        self._base_real = os.path.realpath(self.base or self.root)
+        yield from self._folder(self.root, self.prefix, self._rules_above())
+
+    def _rules_above(self) -> Declaration | None:
+        """The rules inherited from the folders between `base` and the root (outermost first)."""
+        inherited = None
+        if self.base is None or self.prefix == "":
+            return inherited
+        folder, prefix = Path(self.base), ""
+        for part in self.prefix.rstrip("/").split("/"):
+            try:
+                with os.scandir(folder) as scan:
+                    by_name = {entry.name: entry for entry in scan}
+            except OSError as err:
+                return Declaration(prefix + FOLDER_RULES, error=f"cannot read {folder} ({err.strerror})")
+            rules = self._folder_rules(by_name, prefix)
+            if rules is not None and (rules.level is not None or rules.error):
+                inherited = rules
+            folder, prefix = folder / part, prefix + part + "/"
+        return inherited
 
     def _folder(self, path: Path, prefix: str, inherited: Declaration | None) -> Iterator[Found]:
         real = os.path.realpath(path)
@@ -181,7 +205,7 @@ class Walk:
     def _control_file_problem(self, entry: os.DirEntry) -> str | None:
         """Why a control file cannot be trusted (a link out of the folder, not a file), or None."""
         target = os.path.realpath(entry.path)
-        if os.path.commonpath([self._root_real, target]) != self._root_real:
+        if os.path.commonpath([self._base_real, target]) != self._base_real:
             return "a symbolic link that leaves the ingested folder"
         if not os.path.isfile(target):
             return "not a regular file"

@@ -1,8 +1,9 @@
 """The Celery app: delivery settings that lose nothing, and the embed task.
 
 A task is acknowledged late, after its chunks are in Milvus and marked in Postgres; a worker
-killed mid-batch leaves it unacknowledged and Redis delivers it again. Each delivery counts
-an attempt per chunk (in Postgres), so a poison chunk ends in the failures table, not in a loop.
+killed mid-batch leaves it unacknowledged, and the reconciler (or, later, Redis) sends it again.
+Each delivery counts an attempt per chunk (in Postgres), so a poison chunk ends in the failures
+table, not in a loop; an outage gives its attempt back and is waited out, however long.
 """
 
 import logging
@@ -14,15 +15,23 @@ from celery import Celery, signals
 from workers import metrics
 from workers.constants import EMBED_QUEUE, EMBED_TASK
 from workers.contracts import EmbedTask
+from workers.embedding import resolve_model
 from workers.engine import EmbedEngine
-from workers.errors import ConfigError
+from workers.errors import ConfigError, ServiceUnavailable, is_outage
+from workers.reconciler import Reconciler
 from workers.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
-# 5, 10, 20, … 300 s: FLEET_MAX_ATTEMPTS=8 deliveries ride out about ten minutes of an outage.
+# 5, 10, 20, … s between deliveries: up to half a minute while a service is out (the work resumes
+# soon after it returns), up to five for a failure of the work itself (attempts bound those).
 RETRY_BASE_DELAY_S = 5
+MAX_OUTAGE_DELAY_S = 30
 MAX_RETRY_DELAY_S = 300
+
+
+def retry_delay(retries: int, outage: bool) -> int:
+    return min(MAX_OUTAGE_DELAY_S if outage else MAX_RETRY_DELAY_S, RETRY_BASE_DELAY_S * 2**retries)
 
 
 def create_app(settings: FleetSettings) -> Celery:
@@ -38,11 +47,21 @@ def create_app(settings: FleetSettings) -> Celery:
         accept_content=["json"],
         task_default_queue=EMBED_QUEUE,
         task_routes={EMBED_TASK: {"queue": EMBED_QUEUE}},
-        # Longer than any prefetch + run time, else Redis redelivers work still in progress;
-        # also how long the tasks of a killed worker wait before another worker gets them.
-        # Kombu sweeps for such tasks every 10 s × throttle (10 by default: 100 s); sweep every 10 s.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s, "unacked_restore_throttle": 1},
+        # Longer than any prefetch + run time, else Redis redelivers work still in progress. Lost
+        # work does not wait for it: the reconciler sends it again. Kombu sweeps for such tasks
+        # every 10 s × throttle (10 by default: 100 s); sweep every 10 s. Socket timeouts make a
+        # Redis that stopped answering an error instead of a hang.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        },
+        broker_connection_timeout=settings.redis_timeout_s,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker outage is waited out
         # Threads, not prefork: CUDA breaks in forked children, and the engine merges the
         # tasks that the pool's threads hold into full batches.
         worker_pool="threads",
@@ -59,38 +78,65 @@ def create_app(settings: FleetSettings) -> Celery:
 
 def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
     engine = EmbedEngine(settings)
+    reconciler = Reconciler(settings, app)
 
     @app.task(name=EMBED_TASK, bind=True, max_retries=None)
-    def embed(self, index_version: int, chunk_ids: list[str]) -> dict:
+    def embed(self, index_version: int, chunk_ids: list[str], sent_at: float | None = None) -> dict:
         """Embed chunks for an index version; returns counts (embedded, skipped, failed)."""
-        task = EmbedTask(index_version=index_version, chunk_ids=chunk_ids)  # a malformed message is dropped
+        task = EmbedTask(index_version, chunk_ids, sent_at)  # a malformed message is dropped
         try:
-            return engine.submit(task).result().to_dict()
+            return engine.submit(task).result(timeout=settings.task_timeout_s).to_dict()
+        except TimeoutError as err:
+            error: Exception = ServiceUnavailable(
+                f"no result within FLEET_TASK_TIMEOUT_S={settings.task_timeout_s:.0f}s"
+            )
+            error.__cause__ = err
         except Exception as err:
-            if not engine.healthy:
-                # A stage thread died: this worker can do no more. Stop it (warm shutdown: what it
-                # holds goes back to the queue) so that its supervisor starts a fresh one.
-                log.critical("the embed engine is broken (%s): shutting this worker down", err)
-                os.kill(os.getpid(), signal.SIGTERM)
-            # Every failure retries: a service down heals, a schema behind heals after `migrate db`,
-            # and a fault that never heals ends when its chunks exceed FLEET_MAX_ATTEMPTS
-            # deliveries and are recorded as failed — never dropped with the chunks left pending.
-            delay = min(MAX_RETRY_DELAY_S, RETRY_BASE_DELAY_S * 2**self.request.retries)
-            log.warning("task for %d chunks failed (%s); retrying in %ds", len(chunk_ids), err, delay)
-            raise self.retry(exc=err, countdown=delay) from err
+            error = err
+        # Every failure retries: an outage heals, a schema behind heals after `migrate db`, and a
+        # fault that never heals ends when its chunks exceed FLEET_MAX_ATTEMPTS deliveries and
+        # are recorded as failed — never dropped with the chunks left pending.
+        outage = is_outage(error)
+        delay = retry_delay(self.request.retries, outage)
+        log.warning("task for %d chunks failed (%s); retrying in %ds", len(chunk_ids), error, delay)
+        raise self.retry(exc=error, countdown=delay)
+
+    def shut_down() -> None:
+        # A stage thread died: this worker can do no more. Stop it (warm shutdown: what it holds
+        # goes back to the queue) so that its supervisor starts a fresh one.
+        log.critical("the embed engine is broken: shutting this worker down")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    engine.on_broken = shut_down
 
     @signals.celeryd_init.connect(weak=False)
     def name_engine(sender: str, **_: object) -> None:
         engine.name = sender  # the node name (worker@host): heartbeats and stuck reports use it
 
+    @signals.worker_init.connect(weak=False)
+    def load_model(**_: object) -> None:
+        # Before the worker takes any task: a model that cannot load stops it with one clear line.
+        try:
+            resolve_model(settings.model)
+            engine.start().preload(settings.model)
+        except Exception as err:
+            log.critical(
+                "cannot load the model FLEET_MODEL=%s (%s): fix FLEET_MODEL and start again", settings.model, err
+            )
+            raise SystemExit(2) from err
+
     @signals.worker_ready.connect(weak=False)
-    def start_engine(**_: object) -> None:
+    def start_serving(**_: object) -> None:
         metrics.serve(settings.metrics_port, health=engine.health)
-        log.info("preloading %s; metrics on :%s/metrics", settings.model, settings.metrics_port)
-        engine.start().preload(settings.model)
+        log.info("%s loaded; metrics on :%s/metrics", settings.model, settings.metrics_port)
+        if settings.reconcile_s:
+            reconciler.start()
 
     @signals.worker_shutdown.connect(weak=False)
     def stop_engine(**_: object) -> None:
+        if settings.reconcile_s:
+            reconciler.stop()
         engine.close()
 
     app.embed_engine = engine
+    app.reconciler = reconciler

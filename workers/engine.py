@@ -26,13 +26,14 @@ from workers import metrics
 from workers.batching import plan_batches
 from workers.contracts import EmbedTask
 from workers.embedding import Encoder, load_encoder
-from workers.errors import DeviceOutOfMemory
+from workers.errors import DeviceOutOfMemory, is_outage
 from workers.heartbeat import Heartbeat
+from workers.holdings import Holdings
 from workers.ledger import Job, Ledger
 from workers.messages import Batch, Embedded, Failed, WorkGroup, chunk_ids_of
 from workers.pipeline import STOP, Stage, drain
 from workers.settings import FleetSettings
-from workers.stores import catalog, milvus, postgres, progress
+from workers.stores import catalog, milvus, outbox, postgres, progress
 from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class EmbedEngine:
         self.stages: list[Stage] = []
         self._abandoned = threading.Event()
         self._stopped_error = RuntimeError("the embed engine was stopped")
+        self.holdings = Holdings()
+        # Called once when a stage dies (after the work in flight was failed): the Celery worker
+        # shuts itself down so that its supervisor starts a fresh one.
+        self.on_broken: Callable[[], None] = lambda: None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -86,15 +91,15 @@ class EmbedEngine:
             batches: queue.Queue = queue.Queue(maxsize=FORWARD_QUEUE)
             results: queue.Queue = queue.Queue(maxsize=SINK_QUEUE)
             self.stages = [
-                Stage("claim", self._requests, self._claim, groups, self._abort),
-                Stage("tokenize", groups, self._tokenize, batches, self._abort),
-                Stage("forward", batches, self._forward, results, self._abort),
-                Stage("sink", results, self._sink, None, self._abort),
+                Stage("claim", self._requests, self._claim, groups, self._abort, self._stage_died),
+                Stage("tokenize", groups, self._tokenize, batches, self._abort, self._stage_died),
+                Stage("forward", batches, self._forward, results, self._abort, self._stage_died),
+                Stage("sink", results, self._sink, None, self._abort, self._stage_died),
             ]
             for stage in self.stages:
                 stage.start()
             if self.name:
-                self._heartbeat = Heartbeat(self.settings, self.name, self.ledger.chunks_held, lambda: self.chunks_done)
+                self._heartbeat = Heartbeat(self.settings, self.name, self.holdings, lambda: self.chunks_done)
                 self._heartbeat.start()
         return self
 
@@ -150,6 +155,14 @@ class EmbedEngine:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+
+    def _stage_died(self, stage: Stage) -> None:
+        """Fail everything in flight at once (Celery retries those tasks, on this worker's way out
+        or on another worker) instead of leaving it until the next task arrives."""
+        error = RuntimeError(f"the embed engine's {stage.name} stage stopped: {stage.error!r}")
+        self._drop_queued(error)
+        self.ledger.abort_all(error)
+        self.on_broken()
 
     def _drop_queued(self, error: Exception) -> None:
         for inbox in [stage.inbox for stage in self.stages]:
@@ -315,6 +328,8 @@ class EmbedEngine:
                     self.ledger.failed(item.version.id, item.chunk_ids)
             self._store([item for item in items if isinstance(item, Embedded)])
         except Exception as err:
+            if is_outage(err):
+                self._milvus = None  # reconnect on the next write
             for item in items:
                 self._abort(item, err)
         if stop_seen:
@@ -338,23 +353,37 @@ class EmbedEngine:
             with metrics.SINK_SECONDS.labels("milvus").time():
                 milvus.upsert(client, version.collection, rows)
             ids = [row.chunk_id for row in rows]
-            with metrics.SINK_SECONDS.labels("postgres").time():
-                marked = progress.mark_embedded(self._conn("sink"), version.id, ids)
-            # A chunk deleted by a re-ingest while we embedded it: its vector must not stay behind.
-            orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
+            conn = self._conn("sink")
+            with metrics.SINK_SECONDS.labels("postgres").time(), conn.transaction():
+                marked = progress.mark_embedded(conn, version.id, ids)
+                # A chunk deleted by a re-ingest while we embedded it: its vector must not stay
+                # behind. The outbox row commits with the marks, so a failed delete is retried.
+                orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
+                outbox.add(conn, orphans, "deleted while it was embedded")
             if orphans:
-                milvus.delete(client, version.collection, orphans)
+                outbox.apply_if_possible(conn, client)
             self.ledger.stored(version.id, ids, marked)
             self.chunks_done += len(marked)
             metrics.CHUNKS_EMBEDDED.inc(len(marked))
 
     def _abort(self, item: Any, error: Exception) -> None:
-        metrics.FAILURES.labels("stage_error").inc()
+        """A stage could not handle `item`: its tasks fail (and retry). When a service was out, the
+        attempt their claim counted is given back: an outage must not use up a chunk's attempts."""
+        metrics.FAILURES.labels("outage" if is_outage(error) else "stage_error").inc()
         if isinstance(item, Job):
             if not item.future.done():
                 item.future.set_exception(error)
             return
-        self.ledger.abort(*chunk_ids_of(item), error)
+        version_id, chunk_ids = chunk_ids_of(item)
+        if is_outage(error):
+            self._refund(version_id, chunk_ids)
+        self.ledger.abort(version_id, chunk_ids, error)
+
+    def _refund(self, version_id: int, chunk_ids: list[str]) -> None:
+        try:
+            progress.refund_attempts(self._conn("claim"), version_id, chunk_ids)
+        except Exception as err:  # Postgres is the one out: the attempt stays counted, once
+            log.warning("could not give back the attempts of %d chunks: %s", len(chunk_ids), err)
 
     # -- resources ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
-from workers.errors import FleetError, TransientError
+from workers.errors import ConfigError, FleetError, InvalidInput
 from workers.logs import configure_logging
 from workers.settings import FleetSettings
 
@@ -38,7 +38,7 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
     try:
         settings = FleetSettings()
     except ValidationError as err:
-        print(f"{where}: error: invalid setting ({_problems(err)})", file=sys.stderr)
+        print(f"{where}: error: invalid setting ({describe_invalid_settings(err)})", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level)
     signal.signal(signal.SIGTERM, _terminate)
@@ -46,7 +46,7 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         return args.run(args, settings)
     except FleetError as err:
         print(f"{where}: error: {err}", file=sys.stderr)
-        return EXIT_FAILURE if isinstance(err, TransientError) else EXIT_USAGE
+        return EXIT_USAGE if isinstance(err, InvalidInput | ConfigError) else EXIT_FAILURE
     except Terminated:
         print(f"{where}: terminated; run it again to carry on where it stopped", file=sys.stderr)
         return EXIT_TERMINATED
@@ -64,7 +64,8 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def _problems(err: ValidationError) -> str:
+def describe_invalid_settings(err: ValidationError) -> str:
+    """The settings that did not validate, each with why, on one line."""
     problems = []
     for error in err.errors():
         message = error["msg"].removeprefix("Value error, ")

@@ -3,8 +3,8 @@
 Each stage takes one item from its inbox, handles it, and puts its outputs in its outbox; a
 full outbox makes it wait (backpressure), an empty inbox makes it idle. The time of each is
 kept, so a run can say which stage waited on which. A stage that fails on an item reports the
-item's chunks to `on_error` and goes on; a stage whose loop dies keeps its exception, and the
-engine refuses new work.
+item's chunks to `on_error` and goes on; a stage whose loop dies keeps its exception and calls
+`on_death`: the engine fails the work in flight (it goes back to the queue) and refuses more.
 """
 
 import logging
@@ -40,6 +40,7 @@ class Stage:
     work: Callable[[Any], Iterable[Any] | None]
     outbox: "queue.Queue[Any] | None"
     on_error: Callable[[Any, Exception], None]
+    on_death: Callable[["Stage"], None] = lambda stage: None
     stats: StageStats = field(default_factory=StageStats)
     error: BaseException | None = None
     _thread: threading.Thread | None = None
@@ -75,6 +76,7 @@ class Stage:
             log.exception("%s stage stopped", self.name)
             self.error = err
             self._put_nowait(STOP)  # the stages after it stop too, instead of waiting forever
+            self.on_death(self)
 
     def _put_nowait(self, item: Any) -> None:
         if self.outbox is not None:

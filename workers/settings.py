@@ -43,12 +43,20 @@ class FleetSettings(BaseSettings):
     worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")
     collect_ms: int = Field(20, ge=0, description="How long a worker waits for more tasks to fill a batch.")
     visibility_timeout_s: int = Field(
-        4 * 3600, ge=1, description="Unacknowledged tasks go back to the queue after this (Redis broker)."
+        3600, ge=1, description="Unacknowledged tasks go back to the queue after this (Redis broker)."
     )
     max_attempts: int = Field(8, ge=1, description="Deliveries of a chunk before it is recorded as failed.")
     metrics_port: int = Field(9100, ge=0, description="Worker /metrics port; 0 turns it off.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker records its progress in Postgres.")
     stuck_after_s: float = Field(300.0, gt=0, description="No progress for this long while holding work: stuck.")
+    reconcile_s: float = Field(15.0, ge=0, description="How often the reconciler looks for lost work; 0: never.")
+    resend_after_s: float = Field(60.0, gt=0, description="A chunk sent or queued this recently is never sent again.")
+    worker_gone_after_s: float = Field(30.0, gt=0, description="Without a heartbeat this long, a worker is gone.")
+    pg_connect_timeout_s: float = Field(10.0, gt=0, description="Postgres connect timeout.")
+    pg_statement_timeout_s: float = Field(300.0, gt=0, description="Longest Postgres statement.")
+    milvus_timeout_s: float = Field(60.0, gt=0, description="Longest Milvus call.")
+    redis_timeout_s: float = Field(10.0, gt=0, description="Redis connect and socket timeouts.")
+    task_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for one embed task's result.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

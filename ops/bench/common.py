@@ -98,7 +98,7 @@ def load_chunks(settings: FleetSettings, texts: list[str], counter_info: ModelIn
                 Chunk(text, count)
                 for text, count in zip(texts[start : start + 100], counts[start : start + 100], strict=True)
             ]
-            ids += register(conn, doc, chunks).added
+            ids += register(conn, doc, chunks, "bench").added
     return ids
 
 

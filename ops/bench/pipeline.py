@@ -16,16 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_PG, REPO, load_chunks, milvus_server, new_version, pending, scratch_database
 
-from producer.dispatch import CeleryDispatcher, make_tasks
+from producer.dispatch import CeleryDispatcher
 from tests import services
 from workers.embedding import resolve_model
 from workers.settings import FleetSettings
+from workers.stores import postgres
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 
@@ -79,7 +81,8 @@ def run(settings: FleetSettings, chunk_ids: list[str], workers: int) -> float:
         dispatcher = CeleryDispatcher(settings)
         wait_ready(dispatcher, processes)
         started = time.perf_counter()
-        dispatcher.send(make_tasks(version.id, chunk_ids, settings.task_chunks))
+        with closing(postgres.connect(settings)) as conn:
+            dispatcher.send(conn, version.id, chunk_ids)
         while pending(settings, version.id):
             if any(process.poll() is not None for process in processes):
                 raise RuntimeError("a worker died; see its log in /tmp/bench-worker-*.log")

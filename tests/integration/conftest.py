@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tests.textgen import document
 from workers.stores import postgres
@@ -44,17 +45,12 @@ def migrated_url(database_url: str, make_settings) -> str:
 
 
 def cli_env(settings) -> dict[str, str]:
-    """The environment that gives a subprocess the same settings."""
+    """The environment that gives a subprocess the same settings: every one the test set."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEET_")}
-    env["FLEET_DATA_DIR"] = str(settings.data_dir)
-    env["FLEET_MODEL"] = settings.model
-    env["FLEET_COLLECT_MS"] = str(settings.collect_ms)
-    if settings.database_url:
-        env["FLEET_DATABASE_URL"] = settings.database_url.get_secret_value()
-    if settings.broker_url:
-        env["FLEET_BROKER_URL"] = settings.broker_url.get_secret_value()
-    if settings.milvus_uri:
-        env["FLEET_MILVUS_URI"] = settings.milvus_uri
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"FLEET_{name.upper()}"] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
     return env
 
 

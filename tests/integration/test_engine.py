@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from producer import commands
-from producer.dispatch import make_tasks
 from tests.integration.conftest import write_corpus
 from workers.embedding import load_encoder
 from workers.embedding.fake import FakeEncoder
 from workers.engine import EmbedEngine
 from workers.errors import DeviceOutOfMemory, ServiceUnavailable
+from workers.sending import make_tasks
 from workers.stores import catalog, milvus, postgres, progress
 
 

@@ -188,3 +188,13 @@ def test_unknown_level_is_a_usage_error(make_settings, database_url):
     )
     assert result.returncode == 2
     assert "unknown access level 'ceo'" in result.stderr
+
+
+def test_a_worker_with_a_model_that_is_not_there_stops_at_start_saying_what_to_fix(fleet_settings, tmp_path):
+    env = {**cli_env(fleet_settings), "FLEET_MODEL": str(tmp_path / "no-such-model")}
+    result = subprocess.run(
+        services.celery_worker("bad"), env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "FLEET_MODEL" in result.stderr or "no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr

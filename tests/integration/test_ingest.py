@@ -172,3 +172,21 @@ def test_prune_removes_documents_no_longer_in_the_folder(settings, tmp_path):
     assert "board/acquisition.md" not in {hit.source_path for hit in hits}
     status = commands.status(settings)
     assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]
+
+
+def test_a_folder_inside_an_ingested_one_keeps_identities_and_prunes_only_under_itself(settings, tmp_path):
+    docs = write_corpus(tmp_path / "docs")
+    commands.ingest(settings, docs, None, wait=False)
+    (docs / "handbook/leave.md").unlink()
+    (docs / "handbook/new.md").write_text("---\naccess_level: public\n---\nThe new gym opens at six.\n")
+    (docs / "board/acquisition.md").unlink()  # outside the folder pruned below: must stay indexed
+
+    report = commands.ingest(settings, docs / "handbook", None, wait=False, prune=True)
+    assert (report.documents_new, report.documents_removed) == (1, 1)
+    with closing(postgres.connect(settings)) as conn:
+        paths = {path for (path,) in conn.execute("SELECT source_path FROM documents")}
+    assert "handbook/new.md" in paths and "new.md" not in paths  # the outer folder's identity
+    assert "handbook/leave.md" not in paths
+    assert "board/acquisition.md" in paths
+    status = commands.status(settings)
+    assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]

@@ -3,6 +3,7 @@ running throughout, dual writes while building, the dimension-only shortcut, the
 resuming a killed run, rollback and cleanup."""
 
 import json
+import shutil
 import threading
 from contextlib import closing
 
@@ -11,13 +12,13 @@ import pytest
 
 from migrations import commands as migrate
 from producer import commands
-from producer.dispatch import make_tasks
-from tests.integration.conftest import write_corpus
+from tests.integration.conftest import cli_env, run_cli, run_json, write_corpus
 from workers.access import AccessLevel
 from workers.embedding import load_encoder
 from workers.embedding.base import fit_dimension
 from workers.engine import EmbedEngine
 from workers.errors import InvalidInput
+from workers.sending import make_tasks
 from workers.stores import catalog, milvus, postgres, progress
 
 QUERY = "When does the cafeteria open?"
@@ -133,41 +134,40 @@ def test_dimension_only_shortcut_equals_reembedding(make_settings, migrated_url,
     assert min(cosines) >= 0.999
 
 
-def test_quality_gate_refuses_a_worse_model_unless_forced(minilm_settings, qwen_tiny, tmp_path):
-    settings = minilm_settings
-    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
-    cases = tmp_path / "eval.jsonl"
-    cases.write_text(
-        "\n".join(
-            json.dumps(case)
-            for case in [
-                {
-                    "query": "When does the cafeteria open?",
-                    "level": "public",
-                    "expected_document": "handbook/welcome.md",
-                },
-                {
-                    "query": "salary bands for engineers",
-                    "level": "manager_only",
-                    "expected_document": "finance/salary-bands.md",
-                },
-                {
-                    "query": "acquire Blue River Freight",
-                    "level": "director_only",
-                    "expected_document": "board/acquisition.md",
-                },
-            ]
-        )
-    )
-    live = commands.evaluate_live(settings, cases)
-    assert live["mrr"] == live["hit_at_1"] == 1.0  # MiniLM finds each at the top
+EVAL_CASES = [
+    {"query": "When does the cafeteria open?", "level": "public", "expected_document": "handbook/welcome.md"},
+    {"query": "salary bands for engineers", "level": "manager_only", "expected_document": "finance/salary-bands.md"},
+    {"query": "acquire Blue River Freight", "level": "director_only", "expected_document": "board/acquisition.md"},
+]
 
-    # The Qwen3 stand-in has random weights: its retrieval is worse, so the gate holds.
-    with pytest.raises(InvalidInput, match="not cutting over"):
-        reindex(settings, qwen_tiny, eval_file=cases)
-    assert commands.status(settings)["index"]["dim"] == 384
-    forced = reindex(settings, qwen_tiny, eval_file=cases, force=True)
-    assert forced["cutover"] and forced["eval"]["mrr_drop"] > 0.02
+
+def write_cases(path):
+    path.write_text("\n".join(json.dumps(case) for case in EVAL_CASES))
+    return path
+
+
+def test_the_quality_gate_from_the_command_line_in_fresh_processes(minilm_settings, minilm, qwen_tiny, tmp_path):
+    """Each command in a process of its own, as a user runs them: the gate compares blue (loaded
+    from a Milvus file reopened cold) with green, refuses a worse one naming both scores, passes a
+    near-equal one, and says so when it did not run."""
+    env = {**cli_env(minilm_settings), "FLEET_MODEL": minilm}
+    run_cli(env, "producer", "ingest", str(write_corpus(tmp_path / "docs")))
+    cases = str(write_cases(tmp_path / "eval.jsonl"))
+    worse = run_cli(env, "migrations", "reindex", "--model", qwen_tiny, "--eval", cases, check=False)
+    assert worse.returncode == 1, worse.stderr
+    assert "not cutting over" in worse.stderr and "below blue's 1.000" in worse.stderr
+    assert run_json(env, "producer", "status")["index"]["model"] == minilm  # blue stays live
+
+    twin = tmp_path / "minilm-twin"  # the same weights under another name: a near-equal model
+    shutil.copytree(minilm, twin)
+    passed = run_json(env, "migrations", "reindex", "--model", str(twin), "--eval", cases)
+    assert passed["cutover"] and passed["eval"]["mrr_drop"] <= 0.02
+    assert run_json(env, "producer", "status")["index"]["model"] == str(twin)
+
+    # Without --eval it cuts over (here: a dimension cut, derived from the live vectors), with a warning.
+    ungated = run_cli(env, "migrations", "reindex", "--model", str(twin), "--dim", "128", "--json", check=False)
+    assert ungated.returncode == 0, ungated.stderr
+    assert "no quality gate ran" in ungated.stderr and json.loads(ungated.stdout)["warnings"]
 
 
 def test_killed_reindex_resumes_without_redoing_work(make_settings, migrated_url, tmp_path):

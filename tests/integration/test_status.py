@@ -7,6 +7,7 @@ import pytest
 from producer import commands
 from tests.integration.conftest import write_corpus
 from workers.heartbeat import Heartbeat
+from workers.holdings import Holdings
 from workers.stores import postgres, progress
 
 
@@ -41,9 +42,16 @@ def test_eta_is_zero_when_done_and_none_when_nothing_moves(settings, tmp_path):
     assert progress.eta_seconds(10, 0.0) is None
 
 
+def holding(count: int) -> Holdings:
+    tasks = [([f"{n:032x}" for n in range(count)], None)]
+    holdings = Holdings(lambda: tasks)
+    holdings.finish = tasks.clear
+    return holdings
+
+
 def test_worker_holding_work_without_progress_is_reported_stuck(settings):
-    held, done = [5], [0]
-    heartbeat = Heartbeat(settings, "w1@test", lambda: held[0], lambda: done[0])
+    done = [0]
+    heartbeat = Heartbeat(settings, "w1@test", holding(5), lambda: done[0])
     heartbeat.beat()
     assert commands.status(settings)["stuck_workers"] == []
     with closing(postgres.connect(settings)) as conn:
@@ -55,8 +63,30 @@ def test_worker_holding_work_without_progress_is_reported_stuck(settings):
     done[0] = 3
     heartbeat.beat()  # progress clears it
     assert commands.status(settings)["stuck_workers"] == []
-    held[0] = 0
+    heartbeat.holdings.finish()
     with closing(postgres.connect(settings)) as conn:
         conn.execute("UPDATE worker_heartbeats SET last_progress_at = now() - interval '10 minutes'")
     heartbeat.beat()  # idle is not stuck
     assert commands.status(settings)["stuck_workers"] == []
+
+
+def test_a_silent_worker_holding_work_is_gone_not_stuck(settings):
+    heartbeat = Heartbeat(settings, "w2@test", holding(4), lambda: 0)
+    heartbeat.beat()
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute(
+            "UPDATE worker_heartbeats SET last_seen_at = now() - interval '2 minutes',"
+            " last_progress_at = now() - interval '20 minutes'"
+        )
+    status = commands.status(settings.model_copy(update={"stuck_after_s": 300}))
+    assert status["stuck_workers"] == []
+    (gone,) = status["gone_workers"]
+    assert (gone["name"], gone["chunks_held"]) == ("w2@test", 4) and gone["seconds_since_seen"] >= 119
+
+
+def test_eta_says_stalled_when_work_waits_and_nothing_moves(settings, tmp_path):
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    with closing(postgres.connect(settings)) as conn:
+        conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL")
+    status = commands.status(settings)
+    assert (status["eta_s"], status["stalled"]) == (None, True)

@@ -26,8 +26,10 @@ CREATE TABLE milvus_outbox (
 );
 
 -- Folders given to `producer ingest`: a folder inside one of them keeps its documents' identities
--- (paths from the outer folder), and `--prune` removes only documents under the folder given.
+-- (paths from the outer folder), and `--prune` removes only documents under the folder given and
+-- ingested from the same place.
 CREATE TABLE ingest_roots (
     path             TEXT PRIMARY KEY,
     last_ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+ALTER TABLE documents ADD COLUMN ingest_root TEXT;

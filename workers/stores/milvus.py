@@ -32,6 +32,7 @@ class VectorRow:
 class Hit:
     chunk_id: str
     score: float
+    access_level: int  # as stored with the vector in Milvus
 
 
 def connect(settings: FleetSettings) -> MilvusClient:
@@ -39,7 +40,7 @@ def connect(settings: FleetSettings) -> MilvusClient:
     uri = settings.milvus_uri or str(settings.embedded_milvus_path.resolve())
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
     try:
-        return MilvusClient(uri=uri, token=token)
+        return MilvusClient(uri=uri, token=token, timeout=settings.milvus_timeout_s)
     except MilvusException as err:
         hint = (
             "another process may hold the Milvus Lite file: run `python -m milvus_lite server` and set FLEET_MILVUS_URI"
@@ -128,4 +129,4 @@ def search(client: MilvusClient, collection: str, vector: np.ndarray, level: Acc
         output_fields=["access_level"],
         search_params={"metric_type": "IP"},
     )
-    return [Hit(chunk_id=hit["chunk_id"], score=float(hit["distance"])) for hit in results[0]]
+    return [Hit(hit["chunk_id"], float(hit["distance"]), int(hit["entity"]["access_level"])) for hit in results[0]]

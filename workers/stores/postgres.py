@@ -59,7 +59,17 @@ def _forget_dead_handles(pgdata: Path) -> None:
 def open_connection(settings: FleetSettings) -> psycopg.Connection:
     """An autocommit connection, whatever the schema; transactions are explicit."""
     try:
-        return psycopg.connect(database_url(settings), autocommit=True, connect_timeout=10)
+        return psycopg.connect(
+            database_url(settings),
+            autocommit=True,
+            connect_timeout=max(1, round(settings.pg_connect_timeout_s)),
+            options=f"-c statement_timeout={int(settings.pg_statement_timeout_s * 1000)}",
+            # A server gone while the connection idles is noticed within a minute, not hours.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
     except psycopg.OperationalError as err:
         raise ServiceUnavailable(
             f"cannot reach Postgres ({err}); check FLEET_DATABASE_URL or start the server"

@@ -55,6 +55,26 @@ def mark_embedded(conn: psycopg.Connection, version_id: int, chunk_ids: list[str
     return {chunk_id for (chunk_id,) in rows}
 
 
+def refund_attempts(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> None:
+    """Give back the attempt their claim counted: an outage, not these chunks, stopped them."""
+    conn.execute(
+        "UPDATE chunk_embeddings SET attempts = greatest(attempts - 1, 0)"
+        " WHERE index_version_id = %s AND chunk_id = ANY(%s) AND embedded_at IS NULL AND failed_at IS NULL",
+        (version_id, chunk_ids),
+    )
+
+
+def mark_sent(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> float:
+    """Record that these chunks are being sent now; returns the time (Postgres's clock, epoch seconds)
+    that their task messages carry, which lets the reconciler tell a lost task from a queued one."""
+    (sent_at,) = conn.execute(
+        "WITH sent AS (UPDATE chunk_embeddings SET sent_at = now()"
+        " WHERE index_version_id = %s AND chunk_id = ANY(%s)) SELECT extract(epoch FROM now())",
+        (version_id, chunk_ids),
+    ).fetchone()
+    return float(sent_at)
+
+
 def record_failure(conn: psycopg.Connection, version_id: int, chunk_ids: list[str], kind: str, error: str) -> None:
     """Write why these chunks failed and take them out of the pending work (`producer retry` puts them back)."""
     with conn.transaction():
@@ -121,11 +141,23 @@ def eta_seconds(pending: int, rate: float) -> float | None:
     return pending / rate if rate > 0 else None
 
 
-def stuck_workers(conn: psycopg.Connection, stuck_after_s: float) -> list[dict]:
-    """Workers holding chunks without progress for `stuck_after_s` (hung, or killed holding tasks)."""
+def stuck_workers(conn: psycopg.Connection, stuck_after_s: float, gone_after_s: float) -> list[dict]:
+    """Live workers (heartbeating) holding chunks without progress for `stuck_after_s`: hung."""
     rows = conn.execute(
         "SELECT name, chunks_held, extract(epoch FROM now() - last_progress_at) FROM worker_heartbeats"
-        " WHERE chunks_held > 0 AND last_progress_at < now() - make_interval(secs => %s) ORDER BY name",
-        (stuck_after_s,),
+        " WHERE chunks_held > 0 AND last_progress_at < now() - make_interval(secs => %s)"
+        " AND last_seen_at > now() - make_interval(secs => %s) ORDER BY name",
+        (stuck_after_s, gone_after_s),
     ).fetchall()
     return [{"name": name, "chunks_held": held, "seconds_without_progress": float(idle)} for name, held, idle in rows]
+
+
+def gone_workers(conn: psycopg.Connection, gone_after_s: float) -> list[dict]:
+    """Workers that stopped heartbeating while they held chunks (killed, or their machine lost):
+    the reconciler sends what they held again."""
+    rows = conn.execute(
+        "SELECT name, chunks_held, extract(epoch FROM now() - last_seen_at) FROM worker_heartbeats"
+        " WHERE chunks_held > 0 AND last_seen_at < now() - make_interval(secs => %s) ORDER BY name",
+        (gone_after_s,),
+    ).fetchall()
+    return [{"name": name, "chunks_held": held, "seconds_since_seen": float(silent)} for name, held, silent in rows]

@@ -1,0 +1,80 @@
+"""A property over random documents, levels, level changes and queries: Milvus itself never
+returns a vector above the reader's level, and every vector it returns carries its document's
+current level. Checked on Milvus's own answer, not through `producer search` (which re-checks
+Postgres and would hide a missing filter): take the level filter out of `milvus.search` and this
+test fails."""
+
+from contextlib import closing
+from itertools import count
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from producer import commands
+from producer.search import encoder_for
+from workers.access import AccessLevel
+from workers.stores import catalog, milvus, postgres
+
+VOCABULARY = [
+    "leave",
+    "salary",
+    "board",
+    "merger",
+    "payroll",
+    "bonus",
+    "warehouse",
+    "vpn",
+    "backup",
+    "budget",
+    "audit",
+    "contract",
+]
+text = st.lists(st.sampled_from(VOCABULARY), min_size=4, max_size=40).map(" ".join)
+level = st.sampled_from(list(AccessLevel))
+runs = count()
+
+
+@pytest.fixture
+def index(make_settings, migrated_url, tmp_path):
+    return make_settings(database_url=migrated_url, model="fake:32", chunk_min_tokens=5, chunk_max_tokens=20), tmp_path
+
+
+def write(folder, documents: list[tuple[str, AccessLevel]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, (body, access) in enumerate(documents):
+        (folder / f"doc-{number}.md").write_text(f"---\naccess_level: {access.name}\n---\n{body}\n")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    documents=st.lists(st.tuples(text, level), min_size=1, max_size=6),
+    changes=st.lists(st.tuples(st.integers(0, 5), level), max_size=4),
+    queries=st.lists(text, min_size=1, max_size=3),
+)
+def test_milvus_never_returns_a_vector_above_the_reader_level(index, documents, changes, queries):
+    fleet_settings, tmp_path = index
+    folder = tmp_path / f"run-{next(runs)}"
+    write(folder, documents)
+    commands.ingest(fleet_settings, folder, None, wait=False)
+    for position, new_level in changes:  # move some documents to another level, then ingest again
+        if position < len(documents):
+            documents[position] = (documents[position][0], new_level)
+    write(folder, documents)
+    commands.ingest(fleet_settings, folder, None, wait=False)
+
+    with closing(postgres.connect(fleet_settings)) as conn:
+        version = catalog.live_version(conn)
+        current = dict(
+            conn.execute("SELECT c.id, d.access_level FROM chunks c JOIN documents d ON d.id = c.document_id")
+        )
+    client = milvus.connect(fleet_settings)
+    milvus.ensure_loaded(client, version.collection)
+    encoder = encoder_for(version.model, "cpu")
+    for query in queries:
+        vector = encoder.encode_queries([query])[0]
+        for reader in AccessLevel:
+            for hit in milvus.search(client, version.collection, vector, reader, 50):
+                assert hit.access_level <= reader, f"{reader.name} got a level-{hit.access_level} vector"
+                assert hit.chunk_id in current, "a vector of a chunk that no longer exists"
+                assert hit.access_level == current[hit.chunk_id], "a vector left at its document's old level"
