@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     reindex = _command(commands, "reindex", "re-embed everything with another model or dimension", _run_reindex)
     reindex.add_argument("--model", required=True, help="hub id or model directory of the new index")
     reindex.add_argument("--dim", type=int, help="dimension of the new index (default: the model's)")
+    reindex.add_argument(
+        "--quantize", choices=["none", "int8", "fp8"], help="run the model quantised (default FLEET_QUANTIZE, none)"
+    )
     reindex.add_argument("--dry-run", action="store_true", help="print the plan: chunks, tokens, time, storage")
     reindex.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")
     reindex.add_argument("--max-regression", type=float, default=0.02, help="MRR drop that refuses cutover")
@@ -75,7 +78,15 @@ def _run_reindex(args: argparse.Namespace, settings: FleetSettings) -> int:
     from migrations import commands
 
     report = commands.run_reindex(
-        settings, args.model, args.dim, args.dry_run, args.eval, not args.no_cutover, args.force, args.max_regression
+        settings,
+        args.model,
+        args.dim,
+        args.dry_run,
+        args.eval,
+        not args.no_cutover,
+        args.force,
+        args.max_regression,
+        args.quantize,
     )
     return _emit(args, report, _describe_reindex(report))
 

@@ -38,11 +38,12 @@ def run_reindex(
     cutover: bool,
     force: bool,
     max_regression: float,
+    quantize: str | None = None,
 ) -> dict:
     """Plan, build green, verify, gate on quality, cut over. Resumes a build a killed run left."""
     cases = load_cases(eval_file) if eval_file else None
     with closing(postgres.connect(settings)) as conn:
-        plan = reindex.make_plan(conn, model, dim)
+        plan = reindex.make_plan(conn, model, dim, quantize or settings.quantize)
         report: dict = {"plan": plan.to_dict(), "cutover": False}
         if dry_run:
             return report
@@ -50,8 +51,14 @@ def run_reindex(
             raise InvalidInput(plan.warnings[0])
         client = milvus.connect(settings)
         blue = catalog.live_version(conn)
-        green = reindex.start_green(conn, client, plan.model, plan.dim)
-        report["green"] = {"id": green.id, "name": green.collection, "model": green.model, "dim": green.dim}
+        green = reindex.start_green(conn, client, plan)
+        report["green"] = {
+            "id": green.id,
+            "name": green.collection,
+            "model": green.model,
+            "dim": green.dim,
+            "quantize": green.quantize,
+        }
         started = time.perf_counter()
         embedded = _backfill(settings, conn, client, blue, green, bool(plan.derive_from_version))
         seconds = time.perf_counter() - started

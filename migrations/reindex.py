@@ -36,6 +36,7 @@ DERIVE_ROWS = 1000
 class ReindexPlan:
     model: str
     dim: int
+    quantize: str
     chunks: int
     tokens: int
     chunks_over_model_limit: int
@@ -50,22 +51,23 @@ class ReindexPlan:
         return asdict(self)
 
 
-def make_plan(conn: psycopg.Connection, model: str, dim: int | None) -> ReindexPlan:
-    """What a re-index to `model` at `dim` would embed, take and store; changes nothing."""
+def make_plan(conn: psycopg.Connection, model: str, dim: int | None, quantize: str = "none") -> ReindexPlan:
+    """What a re-index to `model` at `dim` (run `quantize`d) would embed, take and store; changes nothing."""
     blue = catalog.live_version(conn)
     if blue is None:
         raise InvalidInput("there is no live index to move: run `producer ingest PATH` first")
     info = resolve_model(model)
     dim = target_dim(dim, info)
-    if (blue.model, blue.dim) == (model, dim):
-        raise InvalidInput(f"the live index already uses {model} at {dim} dims: nothing to re-index")
+    if (blue.model, blue.dim, blue.quantize) == (model, dim, quantize):
+        raise InvalidInput(f"the live index already uses {model} at {dim} dims ({quantize}): nothing to re-index")
     texts = [text for (text,) in conn.execute("SELECT text FROM chunks")]
     counts = _token_counts(info, texts)
-    derive = blue.id if blue.model == model and dim < blue.dim else None
+    derive = blue.id if (blue.model, blue.quantize) == (model, quantize) and dim < blue.dim else None
     rate, basis = measured_rate(conn)
     plan = ReindexPlan(
         model=model,
         dim=dim,
+        quantize=quantize,
         chunks=len(texts),
         tokens=sum(counts),
         chunks_over_model_limit=sum(1 for count in counts if count > info.max_seq_length),
@@ -106,14 +108,18 @@ def measured_rate(conn: psycopg.Connection) -> tuple[float, str]:
     return ASSUMED_CHUNKS_PER_S, f"assumed {ASSUMED_CHUNKS_PER_S:.0f} chunks/s (one GPU worker; nothing measured yet)"
 
 
-def start_green(conn: psycopg.Connection, client: MilvusClient, model: str, dim: int) -> IndexVersion:
-    """The building version for (model, dim): the one a killed run left, or a new one."""
+def start_green(conn: psycopg.Connection, client: MilvusClient, plan: ReindexPlan) -> IndexVersion:
+    """The building version for the plan's (model, dim, quantize): the one a killed run left, or a new one."""
     for version in catalog.active_versions(conn):
-        if version.state == STATE_BUILDING and (version.model, version.dim) == (model, dim):
+        if version.state == STATE_BUILDING and (version.model, version.dim, version.quantize) == (
+            plan.model,
+            plan.dim,
+            plan.quantize,
+        ):
             log.info("resuming %s", version.collection)
             break
     else:
-        version = catalog.create_version(conn, model, dim, STATE_BUILDING)
+        version = catalog.create_version(conn, plan.model, plan.dim, STATE_BUILDING, plan.quantize)
     milvus.ensure_collection(client, version.collection, version.dim)
     fill_pending(conn, version)
     return version
@@ -267,6 +273,7 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
                 "name": version.collection,
                 "model": version.model,
                 "dim": version.dim,
+                "quantize": version.quantize,
                 "state": version.state,
                 "embedded": counts.embedded,
                 "total": counts.total,

@@ -73,7 +73,7 @@ def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) 
         client = milvus.connect(settings)
         version = serving_version(conn, client)
         milvus.ensure_loaded(client, version.collection)
-        encoder = searching.encoder_for(version.model, settings.device)
+        encoder = searching.encoder_for(version.model, settings.device, version.quantize)
         return searching.search(conn, client, encoder, version, query, level, top_k)
 
 

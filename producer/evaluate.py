@@ -53,7 +53,7 @@ def evaluate(
 ) -> dict:
     """MRR@10, Hit@1 and Hit@5 of `version` on `cases`."""
     milvus.ensure_loaded(client, version.collection)  # a fresh process finds it released
-    encoder = encoder_for(version.model, device)
+    encoder = encoder_for(version.model, device, version.quantize)
     ranks = []
     for case in cases:
         hits = search(conn, client, encoder, version, case.query, case.level, CHUNKS_SEARCHED)

@@ -34,12 +34,15 @@ def ensure_live_version(
     when the settings name another model or dimension than it has."""
     live = catalog.live_version(conn)
     if live is None:
-        live = catalog.create_version(conn, settings.model, target_dim(settings.embed_dim, info), STATE_LIVE)
+        dim = target_dim(settings.embed_dim, info)
+        live = catalog.create_version(conn, settings.model, dim, STATE_LIVE, settings.quantize)
     warning = None
-    if live.model != settings.model or (settings.embed_dim and settings.embed_dim != live.dim):
+    wanted = (settings.model, settings.embed_dim or live.dim, settings.quantize)
+    if (live.model, live.dim, live.quantize) != wanted:
         warning = (
-            f"the live index uses model {live.model!r} at {live.dim} dims; FLEET_MODEL/FLEET_EMBED_DIM name "
-            f"{settings.model!r} at {settings.embed_dim or 'its own'} dims: chunking for the live model "
+            f"the live index uses model {live.model!r} at {live.dim} dims ({live.quantize} quantization); "
+            f"FLEET_MODEL/FLEET_EMBED_DIM/FLEET_QUANTIZE name {settings.model!r} at "
+            f"{settings.embed_dim or 'its own'} dims ({settings.quantize}): chunking for the live model "
             "(run `migrate reindex` to move the index)"
         )
     milvus.ensure_collection(client, live.collection, live.dim)

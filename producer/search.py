@@ -42,9 +42,10 @@ class SearchHit:
 
 
 @lru_cache(maxsize=2)
-def encoder_for(model: str, device: str) -> Encoder:
-    """Query encoders stay loaded: a process that searches often (eval, a server) loads each once."""
-    return load_encoder(model, device)
+def encoder_for(model: str, device: str, quantize: str = "none") -> Encoder:
+    """Query encoders stay loaded: a process that searches often (eval, a server) loads each once.
+    `quantize` is the index version's: its queries run the model as its documents did."""
+    return load_encoder(model, device, quantize=quantize)
 
 
 def search(

@@ -21,7 +21,7 @@ from tests import services
 from workers.settings import FleetSettings
 
 REPO = Path(__file__).resolve().parents[1]
-QWEN_TOOL = REPO.parent / "shared" / "tools" / "make_qwen3_model.py"
+QWEN_TOOL = REPO / "ops" / "bench" / "make_qwen3_model.py"
 PG_ADMIN_URL = os.environ.get("FLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FLEET_TEST_REDIS", "redis://127.0.0.1:6379/13")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -115,8 +115,7 @@ def milvus_server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def qwen_tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Qwen3 stand-in: the real Qwen tokenizer, random weights, tiny shape."""
-    require(QWEN_TOOL.is_file(), f"{QWEN_TOOL} is missing: the shared/ folder must sit beside the repo")
+    """The Qwen3 stand-in, built by the project's own tool: the real Qwen tokenizer, random weights, tiny."""
     out = tmp_path_factory.mktemp("qwen3-tiny")
     subprocess.run([sys.executable, str(QWEN_TOOL), str(out), "--size", "tiny"], check=True, capture_output=True)
     return str(out)

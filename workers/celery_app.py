@@ -118,7 +118,7 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
         # Before the worker takes any task: a model that cannot load stops it with one clear line.
         try:
             resolve_model(settings.model)
-            engine.start().preload(settings.model)
+            engine.start().preload(settings.model, settings.quantize)
         except Exception as err:
             log.critical(
                 "cannot load the model FLEET_MODEL=%s (%s): fix FLEET_MODEL and start again", settings.model, err

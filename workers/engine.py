@@ -17,7 +17,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from functools import partial
 from typing import Any
 
 import psycopg
@@ -44,6 +43,9 @@ SINK_QUEUE = 8
 SINK_ROWS = 2048
 # Chunks claimed together: a few batches' worth, so tasks finish (and new ones arrive) steadily.
 CLAIM_CHUNKS = 256
+# While the device waits for its next batch (at start, after a lull), groups are small: the first
+# forward starts as soon as one task's chunks are tokenized, not after the whole backlog's.
+STARVING_CLAIM_CHUNKS = 16
 MIN_BUDGET_TOKENS = 512
 BUDGET_GROWTH = 1.02
 # Long enough to finish the batches in flight; a dead stage must not hang a worker's shutdown.
@@ -58,7 +60,7 @@ class EmbedEngine:
     def __init__(
         self,
         settings: FleetSettings,
-        encoder_loader: Callable[[str, str], Encoder] | None = None,
+        encoder_loader: Callable[[str, str, str], Encoder] | None = None,
         name: str | None = None,
     ):
         self.settings = settings
@@ -67,8 +69,9 @@ class EmbedEngine:
         self._heartbeat: Heartbeat | None = None
         self.budget = settings.batch_tokens
         self.peak_memory_bytes = 0
-        self._load_encoder = encoder_loader or partial(load_encoder, attention=settings.attention)
-        self._encoders: dict[str, Encoder] = {}
+        self.first_forward_at: float | None = None  # perf_counter() when the first batch came out
+        self._load_encoder = encoder_loader or self._load
+        self._encoders: dict[tuple[str, str], Encoder] = {}  # by (model, quantize)
         self._versions: dict[int, IndexVersion] = {}
         self._collections_ready: set[str] = set()
         self._conns: dict[str, psycopg.Connection] = {}
@@ -131,8 +134,8 @@ class EmbedEngine:
         if dead:
             raise RuntimeError(f"the embed engine's {dead[0].name} stage stopped") from dead[0].error
 
-    def preload(self, model: str) -> None:
-        self._encoder(model)
+    def preload(self, model: str, quantize: str = "none") -> None:
+        self._encoder(model, quantize)
 
     def stats(self) -> dict:
         return {stage.name: stage.stats.to_dict() for stage in self.stages}
@@ -190,11 +193,17 @@ class EmbedEngine:
             if group is not None:
                 yield group
 
+    def _device_starving(self) -> bool:
+        """No batch waits for the forward stage: whatever is tokenized next goes straight to it."""
+        return len(self.stages) > 2 and self.stages[2].inbox.empty()
+
     def _collect(self, first: Job) -> list[Job]:
-        """`first` and the tasks arriving within collect_ms, up to CLAIM_CHUNKS chunks."""
+        """`first` and the tasks arriving within collect_ms, up to CLAIM_CHUNKS chunks (fewer while
+        the device waits)."""
         jobs = [first]
+        limit = STARVING_CLAIM_CHUNKS if self._device_starving() else CLAIM_CHUNKS
         deadline = time.monotonic() + self.settings.collect_ms / 1000
-        while sum(len(job.task.chunk_ids) for job in jobs) < CLAIM_CHUNKS:
+        while sum(len(job.task.chunk_ids) for job in jobs) < limit:
             try:
                 job = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -234,7 +243,8 @@ class EmbedEngine:
     def _tokenize(self, first: WorkGroup) -> Iterator[Batch | Failed]:
         # Groups already waiting are planned together: fuller batches when work is plentiful,
         # no waiting when it is not.
-        groups, stop_seen = drain(self.stages[1].inbox, first, 2 * CLAIM_CHUNKS, lambda group: len(group.chunks))
+        limit = len(first.chunks) if self._device_starving() else 2 * CLAIM_CHUNKS
+        groups, stop_seen = drain(self.stages[1].inbox, first, limit, lambda group: len(group.chunks))
         merged: dict[int, WorkGroup] = {}
         for group in groups:
             if group.version.id in merged:
@@ -257,7 +267,7 @@ class EmbedEngine:
         if self._abandoned.is_set():
             self._abort(group, self._stopped_error)
             return
-        encoder = self._encoder(group.version.model)
+        encoder = self._encoder(group.version.model, group.version.quantize)
         ids = encoder.tokenize([chunk.text for chunk in group.chunks])
         limit = self.settings.batch_tokens
         too_long = {i for i, sequence in enumerate(ids) if len(sequence) > limit}
@@ -287,7 +297,7 @@ class EmbedEngine:
         if isinstance(item, Failed):
             yield item
             return
-        yield from self._forward_splitting(self._encoder(item.version.model), item)
+        yield from self._forward_splitting(self._encoder(item.version.model, item.version.quantize), item)
 
     def _forward_splitting(self, encoder: Encoder, batch: Batch) -> Iterator[Embedded | Failed]:
         """Forward a batch; on device OOM shrink the budget and forward its halves."""
@@ -308,6 +318,8 @@ class EmbedEngine:
                 yield from self._forward_splitting(encoder, half)
             return
         padded = batch.tokens if encoder.packs_sequences else batch.padded_tokens
+        if self.first_forward_at is None:
+            self.first_forward_at = time.perf_counter()
         # Memory freed since an OOM (other models, fragmentation): win the budget back slowly.
         self.budget = min(self.settings.batch_tokens, int(self.budget * BUDGET_GROWTH) + 1)
         self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())
@@ -407,8 +419,13 @@ class EmbedEngine:
             self._versions[version_id] = version
         return self._versions[version_id]
 
-    def _encoder(self, model: str) -> Encoder:
-        if model not in self._encoders:
-            self._encoders[model] = self._load_encoder(model, self.settings.device)
-            metrics.MODEL_LOADED.labels(model).set(1)
-        return self._encoders[model]
+    def _load(self, model: str, device: str, quantize: str) -> Encoder:
+        return load_encoder(model, device, self.settings.attention, quantize)
+
+    def _encoder(self, model: str, quantize: str = "none") -> Encoder:
+        """The encoder of an index version's model, loaded on first use and kept."""
+        key = (model, quantize)
+        if key not in self._encoders:
+            self._encoders[key] = self._load_encoder(model, self.settings.device, quantize)
+            metrics.MODEL_LOADED.labels(model if quantize == "none" else f"{model} ({quantize})").set(1)
+        return self._encoders[key]

@@ -32,6 +32,14 @@ SINK_SECONDS = Histogram(
 FAILURES = Counter("fleet_failures", "Chunks recorded as failed, and stage errors", ["kind"])
 GPU_MEMORY = Gauge("fleet_gpu_memory_bytes", "Peak device memory allocated by the model")
 MODEL_LOADED = Gauge("fleet_model_loaded", "1 for each model this worker has loaded", ["model"])
+ATTENTION_PATH = Gauge(
+    "fleet_attention_path",
+    "1 for the attention path chosen at start (packed kernel or padded), with why",
+    ["path", "reason"],
+)
+ATTENTION_FALLBACKS = Counter(
+    "fleet_attention_fallbacks", "Attention kernels given up after failing on a batch", ["kernel"]
+)
 
 
 Health = Callable[[], tuple[bool, str]]

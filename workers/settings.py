@@ -29,9 +29,12 @@ class FleetSettings(BaseSettings):
     embed_dim: int | None = Field(None, ge=1, description="Vector size; unset: the model's own.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     attention: Literal["auto", "packed", "padded"] = Field(
-        "auto", description="auto: packed varlen attention for Qwen3 on CUDA; packed: always; padded: never."
+        "auto", description="auto: a packed kernel for Qwen3 on CUDA where one works; packed: insist; padded: never."
     )
     batch_tokens: int = Field(32768, ge=64, description="Token budget of one forward pass (padded).")
+    quantize: Literal["none", "int8", "fp8"] = Field(
+        "none", description="Quantised inference for new index versions: int8 (CPU) or fp8 (GPU)."
+    )
 
     chunk_min_tokens: int = Field(500, ge=1)
     chunk_max_tokens: int = Field(1000, ge=16)

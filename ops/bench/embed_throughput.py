@@ -145,7 +145,7 @@ def time_worker(args: argparse.Namespace, encoder, texts: list[str], dim: int) -
         )
         chunk_ids = load_chunks(settings, texts, encoder.info)
         version = new_version(settings, args.model, dim, chunk_ids)
-        engine = EmbedEngine(settings, encoder_loader=lambda model, device: encoder).start()
+        engine = EmbedEngine(settings, encoder_loader=lambda *_: encoder).start()
         engine.preload(args.model)
         tasks = make_tasks(version.id, chunk_ids, args.task_chunks)
         started = time.perf_counter()

@@ -5,9 +5,9 @@
 # torch comes from the base image (a CUDA build); pip must not replace it with another build,
 # so every install below is constrained to the exact torch version the base ships.
 # The model is not baked in: HF_HOME=/models is a volume, filled on first start and shared.
-# Base: CUDA 12.8 runs on Ampere, Hopper and Blackwell; a recent torch keeps current
-# transformers / sentence-transformers releases (which drop old torch versions) usable.
-FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+# Base: torch 2.11 has the packed attention kernel (torch.nn.attention.varlen, since 2.10: the
+# same floor as pyproject's `embed` extra), CUDA 12.8 runs on Ampere, Hopper and Blackwell.
+FROM pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -21,7 +21,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -c "import sys, torch; \
 v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); \
 assert sys.version_info >= (3, 11), f'Python {sys.version} < 3.11'; \
-assert v >= (2, 4), f'base torch {torch.__version__} < 2.4'; \
+assert v >= (2, 10), f'base torch {torch.__version__} < 2.10 (no varlen attention)'; \
 assert torch.version.cuda, 'base torch is not a CUDA build'; \
 print('base torch', torch.__version__, 'CUDA', torch.version.cuda)" \
  && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /etc/pip-torch.txt

@@ -55,7 +55,7 @@ def pending(settings, tmp_path):
 
 
 def run_engine(settings, encoder, tasks):
-    engine = EmbedEngine(settings, encoder_loader=lambda model, device: encoder)
+    engine = EmbedEngine(settings, encoder_loader=lambda *_: encoder)
     futures = [engine.submit(task) for task in tasks]
     try:
         return [future.result(timeout=60) for future in futures]
@@ -152,7 +152,7 @@ class OutOfMemoryAbove(FakeEncoder):
 def test_out_of_memory_splits_the_batch_and_shrinks_the_budget(settings, pending):
     version, ids = pending
     encoder = OutOfMemoryAbove(load_encoder("fake:64").info, limit=5)
-    engine = EmbedEngine(settings, encoder_loader=lambda model, device: encoder)
+    engine = EmbedEngine(settings, encoder_loader=lambda *_: encoder)
     (result,) = [f.result(timeout=60) for f in [engine.submit(make_tasks(version.id, ids, len(ids))[0])]]
     engine.close()
     assert result.embedded == len(ids)
@@ -162,7 +162,7 @@ def test_out_of_memory_splits_the_batch_and_shrinks_the_budget(settings, pending
 
 def test_chunks_over_a_shrunken_budget_still_embed(settings, pending):
     version, ids = pending
-    engine = EmbedEngine(settings, encoder_loader=lambda model, device: RecordingEncoder(load_encoder("fake:64").info))
+    engine = EmbedEngine(settings, encoder_loader=lambda *_: RecordingEncoder(load_encoder("fake:64").info))
     engine.budget = 8  # as after many OOMs: below every chunk's length, but the configured limit is not
     (result,) = [f.result(timeout=60) for f in [engine.submit(make_tasks(version.id, ids, len(ids))[0])]]
     engine.close()
@@ -195,7 +195,7 @@ def test_task_split_across_batches_resolves_only_when_all_its_chunks_are_stored(
 
     encoder = RecordingEncoder(load_encoder("fake:64").info, on_encode=hold_second_batch)
     # A budget of a few chunks per batch: the task's chunks need several forward passes.
-    engine = EmbedEngine(settings.model_copy(update={"batch_tokens": 200}), encoder_loader=lambda m, d: encoder)
+    engine = EmbedEngine(settings.model_copy(update={"batch_tokens": 200}), encoder_loader=lambda *_: encoder)
     future = engine.submit(make_tasks(version.id, ids, len(ids))[0])
     deadline = time.monotonic() + 30
     while embedded_count(settings, version) == 0 and time.monotonic() < deadline:
@@ -262,7 +262,7 @@ def test_tokenizer_failure_fails_every_waiting_task_and_the_engine_goes_on(setti
     version, ids = pending
     tasks = make_tasks(version.id, ids, 4)
     encoder = BrokenTokenizer(load_encoder("fake:64").info)
-    engine = EmbedEngine(settings.model_copy(update={"collect_ms": 0}), encoder_loader=lambda m, d: encoder)
+    engine = EmbedEngine(settings.model_copy(update={"collect_ms": 0}), encoder_loader=lambda *_: encoder)
     futures = [engine.submit(task) for task in tasks]
     for future in futures:  # every one resolves (none hangs), each with the tokenizer's error
         with pytest.raises(RuntimeError, match="tokenizer crashed"):

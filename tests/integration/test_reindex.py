@@ -176,7 +176,7 @@ def test_killed_reindex_resumes_without_redoing_work(make_settings, migrated_url
     with closing(postgres.connect(settings)) as conn:
         from migrations import reindex as rx
 
-        green = rx.start_green(conn, milvus.connect(settings), "fake:32", 32)
+        green = rx.start_green(conn, milvus.connect(settings), rx.make_plan(conn, "fake:32", 32))
         pending = progress.pending_chunk_ids(conn, green.id)
     half = pending[: len(pending) // 2]
     engine = EmbedEngine(settings)  # the part a killed run finished
@@ -208,7 +208,7 @@ def test_cutover_waits_for_chunks_green_lacks(make_settings, migrated_url, tmp_p
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
     client = milvus.connect(settings)
     with closing(postgres.connect(settings)) as conn:
-        green = rx.start_green(conn, client, "fake:32", 32)  # nothing embedded for it yet
+        green = rx.start_green(conn, client, rx.make_plan(conn, "fake:32", 32))  # nothing embedded for it yet
         assert rx.cutover(conn, client, green) is False
         assert catalog.live_version(conn).id == 1
     assert milvus.alias_target(client) == "chunks_v1"
@@ -244,3 +244,19 @@ def test_verify_finds_and_repairs_orphans_and_missing_vectors(make_settings, mig
     assert (
         check["consistent"] and check["in_milvus"] == check["done_in_postgres"] == commands.status(settings)["chunks"]
     )
+
+
+def test_a_quantised_model_is_a_new_index_version_gated_like_any_other(minilm_settings, minilm, tmp_path):
+    settings = minilm_settings
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    cases = write_cases(tmp_path / "eval.jsonl")
+    report = migrate.run_reindex(settings, minilm, None, False, cases, True, False, 0.02, quantize="int8")
+    assert report["cutover"] and report["green"]["quantize"] == "int8"
+    assert report["eval"]["mrr_drop"] <= 0.02  # int8 retrieves as well here
+    with closing(postgres.connect(settings)) as conn:
+        live = catalog.live_version(conn)
+    assert (live.model, live.quantize) == (minilm, "int8")
+    hits = commands.search(settings, EVAL_CASES[2]["query"], AccessLevel.director_only, 3)
+    assert hits[0].source_path == "board/acquisition.md"  # queries run the quantised model too
+    with pytest.raises(InvalidInput, match="nothing to re-index"):
+        migrate.run_reindex(settings, minilm, None, True, None, True, False, 0.02, quantize="int8")

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -479,7 +480,12 @@ def test_worker_image_keeps_the_base_torch_and_the_model_out_of_the_image():
     # Every install is constrained to the base image's torch, so pip cannot swap it for another build.
     assert all(" -c /etc/pip-torch.txt" in command for command in installs), installs
     runs = " ".join(arguments for keyword, arguments in instructions if keyword == "RUN")
-    assert ">= (2, 4)" in runs, "the build must check that the base torch satisfies torch>=2.4"
+    # The base's torch and the build's check both meet the floor of pyproject's embed extra.
+    embed = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["embed"]
+    floor = tuple(int(part) for part in next(d for d in embed if d.startswith("torch>=")).split(">=")[1].split("."))
+    base = tuple(int(part) for part in instructions[0][1].split(":")[1].split("-")[0].split(".")[:2])
+    assert base >= floor[:2], f"the base image's torch {base} is below pyproject's floor {floor}"
+    assert f">= {floor[:2]}" in runs, f"the build must check that the base torch satisfies torch>={floor}"
     env = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
     assert "HF_HOME=/models" in env and "FLEET_METRICS_PORT=9100" in env
     assert ("VOLUME", '["/models"]') in instructions

@@ -1,8 +1,9 @@
-"""The packed (varlen) Qwen3 encoder against plain sentence-transformers, on the tiny stand-in.
+"""The packed Qwen3 encoder against plain sentence-transformers, on the tiny stand-in.
 
 One batch mixes texts of about 5, 60 and 700 tokens, so a packing, position, rotary or pooling
 mistake (attention leaking across sequences, positions not restarting, the wrong last token)
-changes the vectors. On CPU attention is the per-sequence SDPA reference path.
+changes the vectors. On CPU the probe picks eager FlexAttention (varlen needs CUDA); each kernel,
+the fallback when one fails, and per-sequence SDPA are checked here too.
 """
 
 import json
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from workers.embedding import attention, load_encoder
 from workers.embedding.base import fit_dimension
 from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.embedding.qwen3_packed import PackedQwen3Encoder, supports
-from workers.errors import DeviceOutOfMemory
+from workers.errors import ConfigError, DeviceOutOfMemory
 
 POLICY_VI = (
     "Nhân viên chính thức được hưởng mười hai ngày nghỉ phép có lương mỗi năm, cộng thêm một ngày cho mỗi "
@@ -106,14 +108,77 @@ def test_collate_packs_tokens_with_restarting_positions(packed):
         packed.collate([[1, 2], []])
 
 
-def test_falls_back_when_the_varlen_kernel_cannot_run(packed, reference, monkeypatch):
-    """On CPU torch's varlen_attn raises NotImplementedError: the SDPA loop takes over."""
-    from torch.nn.attention.varlen import varlen_attn
+def test_the_probe_picks_a_packed_kernel_that_runs_here_and_says_why_the_others_did_not(packed):
+    assert packed.attention.path == "flex"  # on CPU: eager FlexAttention
+    assert "CUDA" in packed.attention.passed_over["varlen"]
+    assert "nested" in packed.attention.passed_over
 
-    monkeypatch.setattr(packed, "_varlen", varlen_attn)
-    vectors = packed.encode_documents(TEXTS)
-    assert packed._varlen is None
+
+@pytest.mark.parametrize("kernel", ["flex", "reference"])
+def test_each_kernel_gives_sentence_transformers_vectors(qwen_tiny, reference, kernel):
+    chosen = attention.probe("cpu", torch.float32, 4, 2, 16, allowed=("flex",))
+    if kernel == "reference":
+        chosen.kernels = []  # per-sequence SDPA, the last resort
+    encoder = PackedQwen3Encoder(resolve_model(qwen_tiny), device="cpu", dtype=torch.float32, choice=chosen)
+    assert cosines(encoder.encode_documents(TEXTS), reference).min() >= 0.999
+
+
+def test_a_kernel_that_fails_on_a_batch_is_passed_over_and_the_batch_is_embedded(qwen_tiny, reference):
+    def broken(*args):
+        raise RuntimeError("an illegal memory access was encountered")
+
+    chosen = attention.probe("cpu", torch.float32, 4, 2, 16, allowed=("flex",))
+    chosen.kernels.insert(0, ("varlen", broken))
+    encoder = PackedQwen3Encoder(resolve_model(qwen_tiny), device="cpu", dtype=torch.float32, choice=chosen)
+    vectors = encoder.encode_documents(TEXTS)
+    assert [name for name, _ in encoder._kernels] == ["flex"]  # varlen is not tried again
     assert cosines(vectors, reference).min() >= 0.999
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, causal, gqa):
+    """A varlen_attn stand-in: checks what it is given as the real one would, then attends exactly."""
+    assert causal, "called without causal attention"
+    if not gqa:
+        assert k.shape[1] == q.shape[1], "KV heads not expanded for a varlen_attn without enable_gqa"
+    packing = attention.Packing(cu_q, max_q, cu_q.tolist())
+    return attention.reference(q, k, v, packing, scale or q.shape[-1] ** -0.5)
+
+
+def varlen_2_10(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, return_aux=None, scale=None):
+    return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, causal=is_causal, gqa=False)
+
+
+def varlen_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+    assert isinstance(window_size, tuple)
+    causal = window_size == (-1, 0)
+    return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, causal=causal, gqa=False)
+
+
+def varlen_2_12(
+    q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False,
+    seqused_k=None, block_table=None, num_splits=None,
+):  # fmt: skip
+    assert num_splits == 1, "a split count chosen per batch makes vectors depend on the batch"
+    causal = window_size == (-1, 0)
+    return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, causal=causal, gqa=enable_gqa)
+
+
+@pytest.mark.parametrize("varlen", [varlen_2_10, varlen_2_11, varlen_2_12], ids=["2.10", "2.11", "2.12+"])
+def test_varlen_is_called_through_the_signature_of_each_torch_release(varlen):
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(36, heads, 16, generator=generator) for heads in (4, 2, 2))
+    packing = attention.make_packing([5, 17, 3, 11], "cpu")
+    got = attention.varlen_kernel(varlen)(q, k, v, packing, 0.25)
+    assert torch.allclose(got, attention.reference(q, k, v, packing, 0.25), atol=1e-5)
+
+
+def test_packed_attention_asked_for_but_unavailable_fails_at_start(qwen_tiny, minilm, monkeypatch):
+    with pytest.raises(ConfigError, match="needs a Qwen3 embedding model"):
+        load_encoder(minilm, "cpu", "packed")
+    monkeypatch.setattr(attention, "candidates", lambda device: [("varlen", lambda: attention.varlen_kernel(print))])
+    with pytest.raises(ConfigError, match="no packed attention kernel works here"):
+        load_encoder(qwen_tiny, "cpu", "packed")
+    assert load_encoder(qwen_tiny, "cpu", "auto").attention.path == "padded"  # auto on CPU: padded
 
 
 def test_device_out_of_memory_is_translated(packed, monkeypatch):

@@ -75,7 +75,10 @@ def _local_dir(name: str) -> Path:
             raise ConfigError(f"model directory {path} has no tokenizer.json: is it a sentence-transformers model?")
         return path.resolve()
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
-        raise ConfigError(f"model {name!r} is neither a local directory nor a hub id like 'org/name'")
+        raise ConfigError(
+            f"model {name!r} is neither a local directory nor a hub id like 'org/name': "
+            "set FLEET_MODEL to a sentence-transformers model directory or hub id"
+        )
     return _download_configs(name)
 
 

@@ -1,21 +1,20 @@
-"""Packed ("varlen") forward for Qwen3 embedding models: no compute spent on padding.
+"""Packed forward for Qwen3 embedding models: no compute spent on padding.
 
 A padded batch costs longest × count tokens, and SDPA with a padding mask never takes the
 FlashAttention kernel. Here the batch's sequences are concatenated into one flat token sequence
 and `cu_seqlens` marks where each starts, so attention stays inside a sequence (causal, GQA) and
 each vector is its sequence's last token, the appended <|endoftext|> — as TEI's `flash_qwen3.rs`.
 
-The transformer's own modules and weights run layer by layer; only attention is replaced. On CUDA
-in bf16/fp16 it is `torch.nn.attention.varlen.varlen_attn` (FlashAttention varlen). Elsewhere a loop
-of SDPA calls, one per sequence, computes the same thing, so CPU tests check the packing, positions,
-rotary embedding and pooling.
+The transformer's own modules and weights run layer by layer; only attention is replaced, by the
+kernel the probe chose at start (`attention.py`: varlen, flex or nested). A kernel that fails on a
+batch is passed over from then on and the batch goes to the next one; the last resort is exact
+per-sequence SDPA, so a kernel error never fails a batch.
 """
 
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import metrics
+from workers.embedding import attention
+from workers.embedding.attention import Choice, Packing
 from workers.embedding.model_info import ModelInfo
 from workers.embedding.sentence_transformer import SentenceTransformerEncoder
 from workers.errors import ConfigError, DeviceOutOfMemory
 
 log = logging.getLogger(__name__)
-
-_FLASH_DTYPES = (torch.bfloat16, torch.float16)
-_CAUSAL = (-1, 0)  # varlen_attn's window for causal attention; it must be this tuple, not a list
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,41 +83,26 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _attend_per_sequence(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
-) -> torch.Tensor:
-    """Reference attention: causal GQA SDPA on each sequence's slice of the (T, heads, head_dim) tensors."""
-    outputs = []
-    for start, end in pairwise(bounds):
-        q_s, k_s, v_s = (t[start:end].transpose(0, 1) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q_s, k_s, v_s, is_causal=True, scale=scale, enable_gqa=True)
-        outputs.append(out.transpose(0, 1))
-    return torch.cat(outputs)
-
-
-def _varlen_kernel(device: str, dtype: torch.dtype) -> Callable | None:
-    """torch's FlashAttention varlen op where it can run: CUDA, half precision, Ampere or newer."""
-    if not device.startswith("cuda") or dtype not in _FLASH_DTYPES:
-        return None
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn if torch.cuda.get_device_capability(device) >= (8, 0) else None
-
-
 class PackedQwen3Encoder(SentenceTransformerEncoder):
     """Qwen3-Embedding over packed batches; tokenizing and query encoding are the parent's."""
 
     packs_sequences = True
 
-    def __init__(self, info: ModelInfo, device: str = "auto", dtype: torch.dtype | None = None):
-        super().__init__(info, device=device, dtype=dtype)
+    def __init__(
+        self,
+        info: ModelInfo,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        choice: Choice | None = None,
+        quantize: str = "none",
+    ):
+        super().__init__(info, device=device, dtype=dtype, quantize=quantize)
         self.qwen = self.model[0].auto_model
         if self.qwen.config.model_type != "qwen3":
             raise ConfigError(f"{info.name} is a {self.qwen.config.model_type!r} model, not qwen3")
-        self._varlen = _varlen_kernel(self.device, self.dtype)
-        log.info("packed Qwen3 attention: %s", "varlen_attn" if self._varlen else "per-sequence SDPA")
+        self.attention = choice or probe_for(self.qwen.config, self.device, self.dtype)
+        # Kernels that work here, best first; a kernel that fails on a batch leaves this list.
+        self._kernels = list(self.attention.kernels)
 
     def collate(self, ids: list[list[int]]) -> PackedBatch:
         """Concatenate the sequences; positions restart at 0 in each, as if each were alone."""
@@ -139,7 +123,8 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
     def forward(self, batch: PackedBatch, dim: int) -> np.ndarray:
         try:
             on_device = batch.map(lambda tensor: tensor.to(self.device, non_blocking=True))
-            hidden = self._hidden_states(on_device, bounds=batch.cu_seqlens.tolist())
+            packing = Packing(on_device.cu_seqlens, batch.max_len, batch.cu_seqlens.tolist())
+            hidden = self._hidden_states(on_device, packing)
             last = hidden[on_device.cu_seqlens[1:].long() - 1, :dim]
             return F.normalize(last.float(), dim=-1).cpu().numpy()
         except torch.cuda.OutOfMemoryError as err:
@@ -148,14 +133,14 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
                 f"CUDA out of memory on a packed batch of {batch.tokens} tokens in {batch.sequences} sequences"
             ) from err
 
-    def _hidden_states(self, batch: PackedBatch, bounds: list[int]) -> torch.Tensor:
+    def _hidden_states(self, batch: PackedBatch, packing: Packing) -> torch.Tensor:
         """Qwen3Model.forward on the flat sequence: (T, hidden) after the final norm."""
         model = self.qwen
         hidden = model.embed_tokens(batch.input_ids)
         cos, sin = model.rotary_emb(hidden, batch.position_ids[None])  # (1, T, head_dim) each
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]
         for layer in model.layers:
-            hidden = hidden + self._attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, batch, bounds)
+            hidden = hidden + self._attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return model.norm(hidden)
 
@@ -165,27 +150,42 @@ class PackedQwen3Encoder(SentenceTransformerEncoder):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        batch: PackedBatch,
-        bounds: list[int],
+        packing: Packing,
     ) -> torch.Tensor:
         """Qwen3Attention on (T, hidden): per-head RMSNorm of q and k before the rotary embedding."""
         heads = (x.shape[0], -1, attn.head_dim)
         q = _rotate(attn.q_norm(attn.q_proj(x).view(heads)), cos, sin)
         k = _rotate(attn.k_norm(attn.k_proj(x).view(heads)), cos, sin)
         v = attn.v_proj(x).view(heads)
-        return attn.o_proj(self._attend(q, k, v, batch, bounds, attn.scaling).reshape(x.shape[0], -1))
+        return attn.o_proj(self._attend(q, k, v, packing, attn.scaling).reshape(x.shape[0], -1))
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, bounds: list[int], scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, scale: float
     ) -> torch.Tensor:
-        """Causal attention inside each sequence: the varlen kernel where it runs, else the SDPA loop."""
-        if self._varlen is not None:
+        """Causal attention inside each sequence: the best kernel that works, else exact per-sequence SDPA."""
+        while self._kernels:
+            name, kernel = self._kernels[0]
             try:
-                cu, longest = batch.cu_seqlens, batch.max_len
-                return self._varlen(
-                    q, k, v, cu, cu, longest, longest, scale=scale, window_size=_CAUSAL, enable_gqa=True
-                )
-            except NotImplementedError as err:
-                log.warning("varlen_attn unavailable here (%s); using per-sequence SDPA", err)
-                self._varlen = None
-        return _attend_per_sequence(q, k, v, bounds, scale)
+                return kernel(q, k, v, packing, scale)
+            except torch.cuda.OutOfMemoryError:
+                raise  # the batch is too big, not the kernel broken: the engine splits it
+            except Exception as err:  # this kernel cannot do this batch: the next one will, from now on
+                self._kernels.pop(0)
+                fallback = self._kernels[0][0] if self._kernels else "per-sequence SDPA"
+                log.warning("attention kernel %s failed (%s); using %s from now on", name, err, fallback)
+                metrics.ATTENTION_FALLBACKS.labels(name).inc()
+        return attention.reference(q, k, v, packing, scale)
+
+
+def model_config(info: ModelInfo):
+    """The transformer's config (heads, head size) read from its directory, without its weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(info.path))
+
+
+def probe_for(config, device: str, dtype: torch.dtype) -> Choice:
+    """Probe the packed kernels with this model's heads on `device` (once per process and shape)."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return attention.probe(device, dtype, heads, kv_heads, head_dim)

@@ -13,11 +13,17 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
+from workers.embedding import quantize as quantization
+from workers.embedding.attention import Choice
 from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo
 from workers.errors import DeviceOutOfMemory
 
 log = logging.getLogger(__name__)
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
 def pick_device(device: str) -> str:
@@ -32,11 +38,20 @@ def pick_device(device: str) -> str:
 
 
 class SentenceTransformerEncoder(Encoder):
-    def __init__(self, info: ModelInfo, device: str = "auto", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        info: ModelInfo,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        quantize: str = "none",
+        attention: Choice | None = None,
+    ):
         super().__init__(info)
         self.device = pick_device(device)
         self.on_cuda = self.device.startswith("cuda")
-        self.dtype = dtype or (torch.bfloat16 if self.on_cuda else torch.float32)
+        self.dtype = dtype or default_dtype(self.device)
+        self.quantize = quantize
+        self.attention = attention or Choice("padded", "SDPA over padded, length-sorted batches")
         # A hub id lets sentence-transformers fetch the weights; model_info fetched only the configs.
         source = info.name if info.is_hub_id else str(info.path)
         log.info("loading %s on %s (%s)", info.name, self.device, self.dtype)
@@ -45,6 +60,8 @@ class SentenceTransformerEncoder(Encoder):
             source, device=self.device, model_kwargs={"dtype": self.dtype, "attn_implementation": "sdpa"}
         )
         self.model.eval()
+        if quantize != "none":
+            self.model = quantization.apply(self.model, quantize, self.device)
         self.tokenizer = self.model.tokenizer
         self.max_length = self.model.max_seq_length
 

@@ -15,9 +15,10 @@ class IndexVersion:
     dim: int
     collection: str
     state: str
+    quantize: str = "none"  # "int8" or "fp8": the model runs quantised, for documents and queries alike
 
 
-_COLUMNS = "id, model, dim, collection, state"
+_COLUMNS = "id, model, dim, collection, state, quantize"
 # Transactions that write chunk rows take it shared; one that changes which versions are active
 # (create, cutover) takes it exclusively — so no chunk is written for a stale set of versions.
 _VERSIONS_LOCK = 7_340_212
@@ -58,13 +59,13 @@ def active_versions(conn: psycopg.Connection) -> list[IndexVersion]:
         ).fetchall()
 
 
-def create_version(conn: psycopg.Connection, model: str, dim: int, state: str) -> IndexVersion:
+def create_version(conn: psycopg.Connection, model: str, dim: int, state: str, quantize: str = "none") -> IndexVersion:
     """Register a version; its collection is named after its id (`chunks_v7`)."""
     with conn.transaction(), conn.cursor(row_factory=class_row(IndexVersion)) as cur:
         lock_versions(conn, exclusive=True)
         (version_id,) = conn.execute("SELECT nextval('index_versions_id_seq')").fetchone()
         return cur.execute(
-            f"INSERT INTO index_versions (id, model, dim, collection, state, activated_at)"
-            f" VALUES (%s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
-            (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, state),
+            f"INSERT INTO index_versions (id, model, dim, collection, state, quantize, activated_at)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
+            (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, quantize, state),
         ).fetchone()
