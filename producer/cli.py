@@ -1,4 +1,4 @@
-"""The `producer` command: ingest, status, search, eval, retry, serve-metrics.
+"""The `producer` command: ingest, status, search, eval, retry, serve-metrics, serve, keys.
 
 Settings are read once here. torch is imported only by commands that embed in this process
 (`ingest` without a broker, `search`).
@@ -62,7 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="embed again the chunks recorded as failed")
     retry.add_argument("--pending", action="store_true", help="also re-send chunks still pending (lost tasks)")
     _add_json(retry, _run_retry)
+
+    serve = commands.add_parser("serve", help="serve search and embeddings over HTTP to applications (API keys)")
+    serve.add_argument("--host", help="address to listen on (default FLEET_API_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default FLEET_API_PORT, 8080)")
+    serve.set_defaults(run=_run_serve, json=False)
+    _add_keys(commands)
     return parser
+
+
+def _add_keys(commands: argparse._SubParsersAction) -> None:
+    keys = commands.add_parser("keys", help="API keys of `producer serve`: each carries an access level")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key and print it (once: only its hash is kept)")
+    create.add_argument("--name", required=True, help="who or what uses the key, e.g. intranet-search")
+    create.add_argument(
+        "--level", type=_level, required=True, help=f"highest level it reads: {', '.join(AccessLevel.names())}"
+    )
+    _add_json(create, _run_keys_create)
+    listing = actions.add_parser("list", help="names, levels, created and last used (never the keys)")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    _add_json(listing, _run_keys_list)
+    revoke = actions.add_parser("revoke", help="revoke a key: refused by the service within seconds")
+    revoke.add_argument("name")
+    _add_json(revoke, _run_keys_revoke)
 
 
 def _add_json(parser: argparse.ArgumentParser, run: Callable) -> None:
@@ -78,6 +101,12 @@ def _top_k(value: str) -> int:
     if not 1 <= top_k <= MAX_TOP_K:
         raise argparse.ArgumentTypeError(f"{top_k} is outside 1 to {MAX_TOP_K}")
     return top_k
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 to 65535)")
+    return int(value)
 
 
 def _level(value: str) -> AccessLevel:
@@ -195,6 +224,64 @@ def _run_retry(args: argparse.Namespace, settings: FleetSettings) -> int:
     sent = commands.retry(settings, include_pending=args.pending)
     _print(args, {"chunks_enqueued": sent}, lambda: print(f"{sent} chunks sent to embed again"))
     return 0
+
+
+def _run_serve(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer.api.server import serve
+
+    serve(settings, args.host or settings.api_host, args.port or settings.api_port)
+    return 0
+
+
+def _run_keys_create(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import keys
+
+    with _connection(settings) as conn:
+        key = keys.create(conn, args.name, args.level)
+    created = {"name": args.name, "level": args.level.name, "key": key}
+    if args.json:
+        _print(args, created, lambda: None)
+    else:  # the key alone on stdout, so that KEY=$(producer keys create ...) works
+        print(f"API key {args.name!r} ({args.level.name}); store it now, it is not shown again:", file=sys.stderr)
+        print(key)
+    return 0
+
+
+def _run_keys_list(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import keys
+
+    with _connection(settings) as conn:
+        listed = [record.to_dict() for record in keys.list_keys(conn, include_revoked=args.all)]
+    _print(args, listed, lambda: _print_keys(listed))
+    return 0
+
+
+def _print_keys(listed: list[dict]) -> None:
+    if not listed:
+        print("no API keys: create one with `producer keys create --name NAME --level LEVEL`")
+    for key in listed:
+        revoked = f"  REVOKED {key['revoked']}" if key.get("revoked") else ""
+        print(
+            f"{key['name']:24s} {key['level']:14s} {key['prefix']}…  created {key['created']}  "
+            f"last used {key['last_used'] or 'never'}{revoked}"
+        )
+
+
+def _run_keys_revoke(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from producer import keys
+
+    with _connection(settings) as conn:
+        record = keys.revoke(conn, args.name)
+    _print(args, record.to_dict(), lambda: print(f"revoked {record.name} ({record.prefix}…)"))
+    return 0
+
+
+def _connection(settings: FleetSettings):
+    from contextlib import closing
+
+    from workers.stores import postgres
+
+    return closing(postgres.connect(settings))
 
 
 if __name__ == "__main__":

@@ -51,12 +51,12 @@ def ensure_live_version(
     return live, warning
 
 
-def serving_version(conn: psycopg.Connection, client: MilvusClient) -> IndexVersion:
+def serving_version(conn: psycopg.Connection, client: MilvusClient, timeout: float | None = None) -> IndexVersion:
     """The version behind the alias `chunks`: its collection, and the model that embeds its queries.
 
     Read from the alias itself, so that a search during a cutover uses one consistent pair.
     """
-    collection = milvus.alias_target(client)
+    collection = milvus.alias_target(client, timeout)
     version = catalog.version_by_collection(conn, collection) if collection else None
     if version is None:
         raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")

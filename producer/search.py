@@ -3,6 +3,7 @@
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+import numpy as np
 import psycopg
 from pymilvus import MilvusClient
 
@@ -60,25 +61,56 @@ def search(
     """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
     if not query.strip():
         raise InvalidInput("empty query: give the text to search for")
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}, not {top_k}")
-    vector = fit_dimension(encoder.encode_queries([query]), version.dim)[0]
-    hits = milvus.search(client, version.collection, vector, level, top_k)
-    rows = _chunk_rows(conn, [hit.chunk_id for hit in hits])
+    check_top_k(top_k)
+    return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
+
+
+def check_top_k(top_k: int, limit: int = MAX_TOP_K) -> None:
+    if not 1 <= top_k <= limit:
+        raise InvalidInput(f"top_k must be between 1 and {limit}, not {top_k}")
+
+
+def query_vector(encoder: Encoder, version: IndexVersion, query: str) -> np.ndarray:
+    """The query's vector in `version`'s space: its model (with its query prompt), its dimension."""
+    return fit_dimension(encoder.encode_queries([query]), version.dim)[0]
+
+
+def search_vectors(
+    conn: psycopg.Connection,
+    client: MilvusClient,
+    version: IndexVersion,
+    vectors: list[np.ndarray],
+    level: AccessLevel,
+    top_k: int,
+    timeout: float | None = None,
+) -> list[list[SearchHit]]:
+    """For each query vector (already in `version`'s space), its `top_k` chunks visible at `level`.
+
+    One Milvus request and one Postgres query for all of them: the query service batches the
+    searches of concurrent requests through here.
+    """
+    check_top_k(top_k)
+    found = milvus.search_many(client, version.collection, vectors, level, top_k, timeout)
+    rows = _chunk_rows(conn, list({hit.chunk_id for per_query in found for hit in per_query}))
+    return [_cited(per_query, rows, level) for per_query in found]
+
+
+def _cited(hits: list[milvus.Hit], rows: dict[str, tuple], level: AccessLevel) -> list[SearchHit]:
     results = []
     for hit in hits:
-        row = rows.get(hit.chunk_id)
+        chunk_id, score = hit.chunk_id, hit.score
+        row = rows.get(chunk_id)
         # Postgres is the truth: a vector whose chunk is gone, or now above the level, is not shown.
         if row is None or row[2] > level:
             continue
         document_id, source_path, chunk_level, text, page_start, page_end, section = row
         results.append(
             SearchHit(
-                hit.chunk_id,
+                chunk_id,
                 document_id,
                 source_path,
                 AccessLevel(chunk_level).name,
-                hit.score,
+                score,
                 text,
                 page_start,
                 page_end,

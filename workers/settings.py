@@ -62,6 +62,21 @@ class FleetSettings(BaseSettings):
     task_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for one embed task's result.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # The query service, `producer serve`.
+    api_host: str = Field("127.0.0.1", description="Address `producer serve` listens on (0.0.0.0: every interface).")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port `producer serve` listens on.")
+    api_max_query_chars: int = Field(2000, ge=1, description="Longest text accepted: a query or an embeddings input.")
+    api_max_inputs: int = Field(256, ge=1, description="Most inputs in one embeddings request.")
+    api_max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies are refused unread.")
+    api_batch_wait_ms: float = Field(2.0, ge=0, description="How long a forward pass waits for more queries.")
+    # Small: on a CPU another short pass costs less than padding; raise it for a GPU.
+    api_batch_tokens: int = Field(512, ge=64, description="Token budget of one query forward pass (padded).")
+    api_cache_size: int = Field(10_000, ge=0, description="Query vectors kept (LRU); 0 turns the cache off.")
+    api_threads: int = Field(0, ge=0, description="CPU threads of the query model; 0: torch's default, one per core.")
+    # Bounded so that a revoked key is refused within 10 s (the poll also reloads the keys).
+    api_poll_s: float = Field(2.0, gt=0, le=5, description="How often the live index version and the keys are read.")
+    api_store_timeout_s: float = Field(5.0, gt=0, description="A store slower than this answers 503.")
+
     @model_validator(mode="after")
     def _chunk_bounds(self) -> "FleetSettings":
         if self.chunk_min_tokens <= self.chunk_max_tokens:

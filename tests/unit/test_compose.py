@@ -39,12 +39,13 @@ SERVICES = {
     "producer",
     "worker",
     "exporter",
+    "api",
     "prometheus",
     "grafana",
 }
 ONE_SHOT = {"migrate", "producer"}
 # Services running our code, with the shared FLEET_* settings.
-FLEET_SERVICES = {"migrate", "producer", "worker", "exporter"}
+FLEET_SERVICES = {"migrate", "producer", "worker", "exporter", "api"}
 # Services whose state must outlive their container, and where it lives.
 STATE = {
     "redis": "/data",
@@ -391,7 +392,7 @@ def test_published_ports_are_on_loopback_only(services):
         for port in service.get("ports", []):
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r} on all hosts"
             published[name] = port
-    assert set(published) == {"flower", "prometheus", "grafana"}
+    assert set(published) == {"api", "flower", "prometheus", "grafana"}
 
 
 def test_every_image_is_pinned(services):
@@ -516,6 +517,32 @@ def test_prometheus_scrapes_every_worker_replica_and_the_exporter(services):
     assert "exporter:9101" in targets
     mounts = _volume_mounts(services["prometheus"])
     assert ("./ops/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml", "ro") in mounts
+
+
+def test_the_query_service_runs_on_cpu_and_is_healthy_when_ready(services):
+    api = services["api"]
+    # It embeds queries: the worker image (torch), without a GPU reservation.
+    assert api["image"] == services["worker"]["image"] and "deploy" not in api
+    command = api["command"]
+    assert command[:2] == ["producer", "serve"] and command[command.index("--host") + 1] == "0.0.0.0"
+    port = command[command.index("--port") + 1]
+    assert api["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert _env(api)["FLEET_DEVICE"] == "cpu"
+    assert ("models", "/models", "rw") in _volume_mounts(api)
+    probe = " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/readyz" in probe
+    assert api["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert api["depends_on"]["milvus"] == {"condition": "service_healthy"}
+    for key, value in _env(api).items():
+        if key.startswith("FLEET_API_"):
+            assert value is None, f"{key} is passed through, never given a value here"
+
+
+def test_prometheus_scrapes_the_query_service(services):
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    command = services["api"]["command"]
+    assert f"api:{command[command.index('--port') + 1]}" in targets
 
 
 def test_grafana_provisions_the_datasource_and_dashboards(services):

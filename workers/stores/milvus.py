@@ -67,11 +67,11 @@ def ensure_collection(client: MilvusClient, name: str, dim: int) -> None:
     log.info("created Milvus collection %s (dim %d)", name, dim)
 
 
-def alias_target(client: MilvusClient) -> str | None:
+def alias_target(client: MilvusClient, timeout: float | None = None) -> str | None:
     """The collection the alias `chunks` points at, or None before the first index."""
-    if LIVE_ALIAS not in client.list_aliases().get("aliases", []):
+    if LIVE_ALIAS not in client.list_aliases(timeout=timeout).get("aliases", []):
         return None
-    return client.describe_alias(LIVE_ALIAS).get("collection_name")
+    return client.describe_alias(LIVE_ALIAS, timeout=timeout).get("collection_name")
 
 
 def point_live_alias(client: MilvusClient, collection: str) -> None:
@@ -83,9 +83,11 @@ def point_live_alias(client: MilvusClient, collection: str) -> None:
         client.alter_alias(collection_name=collection, alias=LIVE_ALIAS)
 
 
-def ensure_loaded(client: MilvusClient, collection: str) -> None:
-    """Load a collection for search (a reopened Milvus Lite file starts with it released)."""
-    state = client.get_load_state(collection).get("state")
+def ensure_loaded(client: MilvusClient, collection: str, timeout: float | None = None) -> None:
+    """Load a collection for search (a reopened Milvus Lite file starts with it released).
+
+    `timeout` bounds the check; loading a large collection takes what it takes."""
+    state = client.get_load_state(collection, timeout=timeout).get("state")
     if getattr(state, "name", str(state)) != "Loaded":
         client.load_collection(collection)
 
@@ -120,13 +122,29 @@ def count(client: MilvusClient, collection: str) -> int:
 
 def search(client: MilvusClient, collection: str, vector: np.ndarray, level: AccessLevel, top_k: int) -> list[Hit]:
     """Nearest chunks in `collection`, filtered inside Milvus to levels <= `level`."""
+    return search_many(client, collection, [vector], level, top_k)[0]
+
+
+def search_many(
+    client: MilvusClient,
+    collection: str,
+    vectors: list[np.ndarray],
+    level: AccessLevel,
+    top_k: int,
+    timeout: float | None = None,
+) -> list[list[Hit]]:
+    """For each vector, its nearest chunks in `collection` at levels <= `level`: one request."""
     # The filter is built from a validated enum's integer: no user text reaches it.
     results = client.search(
         collection,
-        data=[vector.tolist()],
+        data=[vector.tolist() for vector in vectors],
         limit=top_k,
         filter=f"access_level <= {int(level)}",
         output_fields=["access_level"],
         search_params={"metric_type": "IP"},
+        timeout=timeout,
     )
-    return [Hit(hit["chunk_id"], float(hit["distance"]), int(hit["entity"]["access_level"])) for hit in results[0]]
+    return [
+        [Hit(hit["chunk_id"], float(hit["distance"]), int(hit["entity"]["access_level"])) for hit in per_vector]
+        for per_vector in results
+    ]

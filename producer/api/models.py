@@ -1,0 +1,114 @@
+"""Request and response bodies of the query service (they are also its OpenAPI schema at /docs).
+
+Requests are strict: a wrong type is a 422, never coerced (`"top_k": "5"` is refused). Sizes that
+depend on settings (query length, number of inputs) are checked by the routes (413).
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The four levels of workers.access.AccessLevel, in order (a unit test keeps them equal).
+LevelName = Literal["public", "employee_only", "manager_only", "director_only"]
+MAX_TOP_K = 100
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    query: str = Field(description="What to search for.", examples=["How many days of annual leave do I get?"])
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="Hits to return, best first.")
+    level: LevelName | None = Field(
+        None, description="Search as this level; at most the key's own (higher: 403). Default: the key's level."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("the query is empty: give the text to search for")
+        return query
+
+
+class Hit(BaseModel):
+    chunk_id: str
+    document_id: int
+    source_path: str = Field(description="The document's path as ingested.")
+    access_level: LevelName
+    score: float = Field(description="Inner product of unit vectors (cosine similarity).")
+    text: str
+    page_start: int | None = Field(description="PDF: 1-based page where the chunk starts; null otherwise.")
+    page_end: int | None
+    section: str | None = Field(description="Heading path where the chunk starts, e.g. `Leave policy > Annual leave`.")
+
+
+class IndexInfo(BaseModel):
+    name: str = Field(description="The Milvus collection of the live index version, e.g. `chunks_v2`.")
+    model: str
+    dim: int
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    index: IndexInfo = Field(description="The index version that answered.")
+
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request; token-array inputs are not accepted (send text)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)]
+    model: str | None = Field(
+        None, description="Accepted for client compatibility; the live index's model always embeds (see `model`)."
+    )
+    dimensions: int | None = Field(None, ge=1, description="Truncate and renormalise to this many (<= the live dim).")
+    encoding_format: Literal["float", "base64"] = "float"
+    input_type: Literal["document", "query"] = Field(
+        "document", description="`query` applies the model's query prompt, as `/v1/search` does."
+    )
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32 values.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str = Field(description="The model that embedded: the live index's.")
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embedding-fleet"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Info(BaseModel):
+    index: IndexInfo | None = Field(description="The live index the service follows; null before the first ingest.")
+    levels: list[LevelName]
+    version: str = Field(description="Version of the service (the embedding-fleet package).")
+
+
+class Health(BaseModel):
+    status: Literal["alive", "ready", "not ready"]
+    problems: list[str] = []

@@ -1,0 +1,137 @@
+"""The routes: thin, each checks what the request may ask and calls the service."""
+
+import base64
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from producer.api.auth import caller
+from producer.api.models import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    Health,
+    IndexInfo,
+    Info,
+    ModelCard,
+    ModelList,
+    SearchRequest,
+    SearchResponse,
+)
+from producer.api.service import QueryService
+from producer.keys import Caller
+from workers.access import AccessLevel
+from workers.embedding.base import fit_dimension
+
+router = APIRouter()
+
+_ERRORS = {
+    401: {"description": "Missing, wrong or revoked API key"},
+    413: {"description": "Too long a text, too many inputs, or a body over FLEET_API_MAX_BODY_BYTES"},
+    422: {"description": "Malformed JSON, a wrong type or a value out of range"},
+    503: {"description": "A store is unavailable or no index is live yet; the reason is in `detail`"},
+}
+
+
+def _service(request: Request) -> QueryService:
+    return request.app.state.service
+
+
+def _too_large(reason: str) -> HTTPException:
+    return HTTPException(413, reason)
+
+
+def _check_lengths(service: QueryService, texts: list[str]) -> None:
+    limit = service.settings.api_max_query_chars
+    longest = max(len(text) for text in texts)
+    if longest > limit:
+        raise _too_large(f"a text of {longest} characters is over the limit of {limit} (FLEET_API_MAX_QUERY_CHARS)")
+
+
+@router.post(
+    "/v1/search",
+    tags=["query"],
+    responses={**_ERRORS, 403: {"description": "`level` above the key's own level"}},
+)
+async def search(body: SearchRequest, request: Request, who: Annotated[Caller, Depends(caller)]) -> SearchResponse:
+    """The chunks nearest to `query` among those the key (or the lower `level` asked) may read."""
+    service = _service(request)
+    _check_lengths(service, [body.query])
+    level = who.level if body.level is None else AccessLevel.parse(body.level)
+    if level > who.level:
+        raise HTTPException(403, f"this key reads up to {who.level.name}: it cannot search as {level.name}")
+    live, hits = await service.search(body.query, level, body.top_k)
+    # Plain data: FastAPI validates and serialises it once, against SearchResponse.
+    return {"hits": [vars(hit) for hit in hits], "index": live.describe()}  # type: ignore[return-value]
+
+
+@router.post("/v1/embeddings", tags=["query"], responses=_ERRORS, dependencies=[Depends(caller)])
+async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    """OpenAI-compatible embeddings by the live index's model (inputs as documents unless `input_type` is query)."""
+    service = _service(request)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > service.settings.api_max_inputs:
+        raise _too_large(f"{len(texts)} inputs is over the limit of {service.settings.api_max_inputs}")
+    _check_lengths(service, texts)
+    live, embedded = await service.embed(texts, body.input_type, body.dimensions)
+    encode = body.encoding_format
+    data = [
+        {"object": "embedding", "index": index, "embedding": _encode(item.vector, body.dimensions, encode)}
+        for index, item in enumerate(embedded)
+    ]
+    tokens = sum(item.tokens for item in embedded)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    # Plain data: FastAPI validates and serialises it once, against EmbeddingsResponse.
+    return {"object": "list", "data": data, "model": live.version.model, "usage": usage}  # type: ignore[return-value]
+
+
+def _encode(vector: np.ndarray, dimensions: int | None, encoding_format: str) -> list[float] | str:
+    if dimensions is not None and dimensions < vector.shape[0]:
+        vector = fit_dimension(vector[None, :], dimensions)[0]
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@router.get(
+    "/v1/models", tags=["query"], responses={401: _ERRORS[401], 503: _ERRORS[503]}, dependencies=[Depends(caller)]
+)
+async def models(request: Request) -> ModelList:
+    """The one model there is: the live index's (OpenAI clients list models)."""
+    live = _service(request).current()
+    return ModelList(data=[ModelCard(id=live.version.model, created=int(live.since))])
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> Health:
+    """Alive: the process answers HTTP."""
+    return Health(status="alive")
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"model": Health, "description": "Not ready"}})
+async def readyz(request: Request, response: Response) -> Health:
+    """Ready: the live model is loaded, and Postgres and Milvus answer."""
+    problems = await run_in_threadpool(_service(request).ready)
+    if problems:
+        response.status_code = 503
+        return Health(status="not ready", problems=problems)
+    return Health(status="ready")
+
+
+@router.get("/info", tags=["operations"])
+async def info(request: Request) -> Info:
+    """The live index the service follows, the access levels, and the service's version."""
+    live = _service(request).live.current
+    return Info(
+        index=IndexInfo(**live.describe()) if live else None,
+        levels=AccessLevel.names(),
+        version=request.app.version,
+    )
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

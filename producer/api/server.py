@@ -1,0 +1,59 @@
+"""Run the app under uvicorn: one process, one model; scale out with replicas behind a balancer."""
+
+import errno
+import logging
+import os
+import socket
+
+import uvicorn
+
+from producer.api.app import create_app
+from workers.errors import ConfigError
+from workers.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+# Seconds given to requests in flight when the service is stopped (Kubernetes allows 30).
+GRACEFUL_SHUTDOWN_S = 10
+KEEP_ALIVE_S = 75
+
+
+def serve(settings: FleetSettings, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    _check_free(host, port)
+    # Read when torch loads (with the model, later): threads of a forward pass that finish early
+    # sleep instead of spinning. Spinning takes the cores from the event loop and the stores'
+    # clients, and when cores are short a pass waiting for a descheduled thread runs many times
+    # slower (measured: 20 ms queries took 200 ms beside another busy process on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # ours (workers.logs); uvicorn's access log only at DEBUG: metrics count requests
+        access_log=settings.log_level == "DEBUG",
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Longer than the idle timeout of the load balancers in front (60 s is common): an idle
+        # connection is closed by them, never under a request they are forwarding.
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    # pymilvus and the pool log a traceback per failed call during an outage; the service says it once.
+    for name in ("pymilvus", "pymilvus.milvus_client", "psycopg.pool"):
+        logging.getLogger(name).setLevel(logging.CRITICAL if name.startswith("pymilvus") else logging.ERROR)
+    log.info("query service on http://%s:%d (OpenAPI docs at /docs)", host, port)
+    uvicorn.Server(config).run()
+
+
+def _check_free(host: str, port: int) -> None:
+    """Say plainly that the address is taken, before loading a model for nothing."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            reason = "is in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err.strerror})"
+            raise ConfigError(
+                f"{host}:{port} {reason}: pass --host/--port or set FLEET_API_HOST/FLEET_API_PORT"
+            ) from err

@@ -1,0 +1,209 @@
+"""The query service's parts, wired: stores, the live index follower, the key ring, the cache and
+the two micro-batchers (the model's forward passes; Milvus searches and the Postgres rows).
+
+Routes call `search` and `embed`; both take the live pair once, at the start of a request. A
+search is `producer search`'s own: the query embedded with the version's model and prompt and
+fitted to its dimension, then `producer.search.search_vectors` — only batched with others.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from producer.api.auth import KeyRing
+from producer.api.batching import MicroBatcher
+from producer.api.embedder import (
+    Embedded,
+    EmbedItem,
+    VectorCache,
+    as_query,
+    embed_batch,
+    estimated_tokens,
+)
+from producer.api.live import Live, LiveIndex
+from producer.api.metrics import ApiMetrics
+from producer.api.stores import Stores, as_unavailable
+from producer.search import SearchHit, search_vectors
+from workers.access import AccessLevel
+from workers.errors import InvalidInput, ServiceUnavailable
+from workers.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+# Queries in one Milvus request (one filter: same version and level).
+SEARCH_BATCH = 64
+WARM_TEXTS = ["warm-up", "What is the annual leave policy?", "Chính sách nghỉ phép năm"]
+WARM_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, eq=False)
+class SearchItem:
+    live: Live
+    vector: np.ndarray
+    level: AccessLevel
+    top_k: int
+
+
+class QueryService:
+    def __init__(self, settings: FleetSettings, metrics: ApiMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.stores = Stores(settings)
+        self.keys = KeyRing(self.stores)
+        self.cache = VectorCache(settings.api_cache_size)
+        self.live = LiveIndex(self.stores, settings.device, settings.api_threads, self._warm, self._switched)
+        self.embedder: MicroBatcher[EmbedItem, Embedded] = MicroBatcher(
+            "embed",
+            lambda items: embed_batch(items, settings.api_batch_tokens),
+            budget=settings.api_batch_tokens,
+            cost=estimated_tokens,
+            wait_s=settings.api_batch_wait_ms / 1000,
+            on_batch=metrics.batch_observer("embed"),
+        )
+        self.searcher: MicroBatcher[SearchItem, list[SearchHit]] = MicroBatcher(
+            "search",
+            self._search_batch,
+            budget=SEARCH_BATCH,
+            on_batch=metrics.batch_observer("search"),
+        )
+        self._tasks: list[asyncio.Task] = []
+        self._problems: dict[str, str] = {}  # what each poll last failed with, to log it once
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Keep the keys fresh from now on; load the live model before serving, then follow it."""
+        self._tasks = [asyncio.create_task(self._poll(self.keys.refresh, "reading API keys"))]
+        # A model can take long to load (a download): the keys go on being read meanwhile.
+        await self._poll_once(self.live.tick, "following the live index")
+        self._tasks.append(asyncio.create_task(self._poll(self.live.tick, "following the live index", first=False)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.embedder.close()
+        self.searcher.close()
+        self.stores.close()
+
+    async def _poll(self, step, what: str, first: bool = True) -> None:
+        if first:
+            await self._poll_once(step, what)
+        while True:
+            await asyncio.sleep(self.settings.api_poll_s)
+            await self._poll_once(step, what)
+
+    async def _poll_once(self, step, what: str) -> None:
+        try:
+            await asyncio.to_thread(step)
+        except Exception as err:  # an outage: said once while it lasts, retried at every poll
+            problem = str(as_unavailable(err) or err)
+            if self._problems.get(what) != problem:
+                log.warning("%s: %s", what, problem)
+            self._problems[what] = problem
+        else:
+            if self._problems.pop(what, None):
+                log.info("%s: recovered", what)
+
+    # -- what routes call -----------------------------------------------------------------------
+
+    def current(self) -> Live:
+        live = self.live.current
+        if live is None:
+            raise ServiceUnavailable(f"no index to serve yet: {self.live.problem}")
+        return live
+
+    async def search(self, query: str, level: AccessLevel, top_k: int) -> tuple[Live, list[SearchHit]]:
+        live = self.current()
+        (embedded,) = await self.vectors(live, [query], "query")
+        hits = await self.searcher.run_many([SearchItem(live, embedded.vector, level, top_k)])
+        return live, hits[0]
+
+    async def embed(self, texts: list[str], kind: str, dimensions: int | None) -> tuple[Live, list[Embedded]]:
+        live = self.current()
+        if dimensions is not None and dimensions > live.version.dim:
+            raise InvalidInput(f"dimensions {dimensions} is above the live index's {live.version.dim}")
+        return live, await self.vectors(live, texts, kind)
+
+    async def vectors(self, live: Live, texts: list[str], kind: str) -> list[Embedded]:
+        """Each text's vector in the live version's space: from the cache, else embedded in a batch."""
+        keys = [(live.version.id, kind, text) for text in texts]
+        found = {key: self.cache.get(key) for key in keys}
+        missing = [key for key, vector in found.items() if vector is None]  # a text repeated is embedded once
+        self.metrics.cache_hits.inc(len(found) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        if missing:
+            items = [EmbedItem(live.encoder, live.version.dim, self._as_read(live, key[2], kind)) for key in missing]
+            for key, embedded in zip(missing, await self.embedder.run_many(items), strict=True):
+                found[key] = embedded
+                self.cache.put(key, embedded)
+        return [found[key] for key in keys]  # type: ignore[misc]
+
+    def ready(self) -> list[str]:
+        """Why the service cannot answer now (blocking: asks both stores)."""
+        problems = [] if self.live.current else [f"no model loaded: {self.live.problem}"]
+        if not (self.embedder.alive and self.searcher.alive):
+            problems.append("a batch thread has stopped")
+        try:
+            self.keys.check_fresh()
+        except ServiceUnavailable as err:
+            problems.append(str(err))
+        return problems + self.stores.check()
+
+    # -- inside -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_read(live: Live, text: str, kind: str) -> str:
+        return as_query(live.encoder, text) if kind == "query" else text
+
+    def _search_batch(self, items: list[SearchItem]) -> list[list[SearchHit] | BaseException]:
+        """One Milvus request per (version, level) among `items`, and the chunks' rows from Postgres."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            groups[(item.live.version.id, int(item.level))].append(index)
+        results: list[list[SearchHit] | BaseException] = [[] for _ in items]
+        client = self.stores.milvus()
+        with self.stores.connection() as conn:
+            for indices in groups.values():
+                first = items[indices[0]]
+                top_k = max(items[index].top_k for index in indices)
+                vectors = [items[index].vector for index in indices]
+                try:
+                    found = self._search_group(conn, client, first, vectors, top_k)
+                except Exception as err:
+                    for index in indices:
+                        results[index] = as_unavailable(err) or err
+                    continue
+                for index, hits in zip(indices, found, strict=True):
+                    results[index] = hits[: items[index].top_k]
+        return results
+
+    def _search_group(self, conn, client, item: SearchItem, vectors: list[np.ndarray], top_k: int):
+        version, timeout = item.live.version, self.settings.api_store_timeout_s
+        try:
+            return search_vectors(conn, client, version, vectors, item.level, top_k, timeout=timeout)
+        except Exception as err:
+            if not any(word in str(err).lower() for word in ("released", "not loaded")):
+                raise
+            # A restarted Milvus (Lite) comes back with collections released: load, then once more.
+            client.load_collection(version.collection, timeout=timeout)
+            return search_vectors(conn, client, version, vectors, item.level, top_k, timeout=timeout)
+
+    def _warm(self, live: Live) -> None:
+        """A forward pass through the batcher and a search: the first request pays neither."""
+        items = [EmbedItem(live.encoder, live.version.dim, as_query(live.encoder, text)) for text in WARM_TEXTS]
+        futures = [self.embedder.submit(item) for item in items]
+        vectors = [future.result(WARM_TIMEOUT_S).vector for future in futures]
+        with self.stores.connection() as conn:
+            client, timeout = self.stores.milvus(), self.settings.api_store_timeout_s
+            search_vectors(conn, client, live.version, vectors, AccessLevel.public, 1, timeout=timeout)
+
+    def _switched(self, previous: Live | None, live: Live) -> None:
+        self.metrics.live_version.set(live.version.id)
+        self.metrics.live_info.clear()
+        self.metrics.live_info.labels(live.version.collection, live.version.model, str(live.version.dim)).set(1)
+        if previous is not None:
+            self.metrics.switches.inc()

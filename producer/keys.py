@@ -1,0 +1,126 @@
+"""API keys of the query service: each carries an access level, and only its SHA-256 is stored.
+
+A key is `fk_` followed by 32 random bytes (URL-safe base64). `producer keys create` prints it
+once; Postgres keeps its hash, a short prefix to recognise it by, its name and level. A key is
+never logged. Keys are high-entropy, so one unsalted SHA-256 is enough (nothing to brute-force).
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import class_row
+
+from workers.access import AccessLevel
+from workers.errors import InvalidInput
+
+KEY_PREFIX = "fk_"
+KEY_BYTES = 32
+# "fk_" and 7 characters of the random part (42 of its 256 bits): enough to tell keys apart.
+SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 7
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    name: str
+    access_level: int
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def to_dict(self) -> dict:
+        record = {
+            "name": self.name,
+            "level": AccessLevel(self.access_level).name,
+            "prefix": self.prefix,
+            "created": self.created_at.isoformat(),
+            "last_used": self.last_used_at.isoformat() if self.last_used_at else None,
+        }
+        if self.revoked_at:
+            record["revoked"] = self.revoked_at.isoformat()
+        return record
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a valid key belongs to, and the highest level it reads."""
+
+    name: str
+    level: AccessLevel
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def same_hash(stored: str, computed: str) -> bool:
+    """Constant-time comparison: how long it takes says nothing about how much matched."""
+    return hmac.compare_digest(stored.encode(), computed.encode())
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise InvalidInput(
+            f"key name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def create(conn: psycopg.Connection, name: str, level: AccessLevel) -> str:
+    """Store a new key for `name` at `level`; returns the key, which is not kept anywhere."""
+    check_name(name)
+    key = new_key()
+    try:
+        conn.execute(
+            "INSERT INTO api_keys (name, prefix, key_sha256, access_level) VALUES (%s, %s, %s, %s)",
+            (name, key[:SHOWN_PREFIX_CHARS], key_hash(key), int(level)),
+        )
+    except psycopg.errors.UniqueViolation as err:
+        raise InvalidInput(
+            f"a key named {name!r} exists: revoke it first (`producer keys revoke {name}`) or choose another name"
+        ) from err
+    return key
+
+
+_COLUMNS = "name, access_level, prefix, created_at, last_used_at, revoked_at"
+
+
+def list_keys(conn: psycopg.Connection, include_revoked: bool = False) -> list[KeyRecord]:
+    where = "" if include_revoked else " WHERE revoked_at IS NULL"
+    with conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY name, created_at").fetchall()
+
+
+def revoke(conn: psycopg.Connection, name: str) -> KeyRecord:
+    """Revoke the active key called `name`; the service refuses it within `FLEET_API_POLL_S`."""
+    with conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        record = cur.execute(
+            f"UPDATE api_keys SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL RETURNING {_COLUMNS}",
+            (name,),
+        ).fetchone()
+    if record is None:
+        raise InvalidInput(f"no active key named {name!r}: `producer keys list` shows them")
+    return record
+
+
+def active_keys_by_prefix(conn: psycopg.Connection, prefix: str | None = None) -> list[tuple[str, str, Caller]]:
+    """(prefix, hash, caller) of every active key, or of those with this prefix."""
+    query = "SELECT prefix, key_sha256, name, access_level FROM api_keys WHERE revoked_at IS NULL"
+    rows = conn.execute(query + " AND prefix = %s", (prefix,)) if prefix is not None else conn.execute(query)
+    return [(found, digest, Caller(name, AccessLevel(level))) for found, digest, name, level in rows.fetchall()]
+
+
+def mark_used(conn: psycopg.Connection, digests: list[str]) -> None:
+    """Record that these keys were used (batched by the service: one write per poll, not per request)."""
+    if digests:
+        conn.execute("UPDATE api_keys SET last_used_at = now() WHERE key_sha256 = ANY(%s)", (digests,))
