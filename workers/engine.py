@@ -69,7 +69,7 @@ class EmbedEngine:
         self._heartbeat: Heartbeat | None = None
         self.budget = settings.batch_tokens
         self.peak_memory_bytes = 0
-        self.first_forward_at: float | None = None  # perf_counter() when the first batch came out
+        self.first_forward_at: float | None = None  # perf_counter() when the first forward pass began
         self._load_encoder = encoder_loader or self._load
         self._encoders: dict[tuple[str, str], Encoder] = {}  # by (model, quantize)
         self._versions: dict[int, IndexVersion] = {}
@@ -319,7 +319,7 @@ class EmbedEngine:
             return
         padded = batch.tokens if encoder.packs_sequences else batch.padded_tokens
         if self.first_forward_at is None:
-            self.first_forward_at = time.perf_counter()
+            self.first_forward_at = started
         # Memory freed since an OOM (other models, fragmentation): win the budget back slowly.
         self.budget = min(self.settings.batch_tokens, int(self.budget * BUDGET_GROWTH) + 1)
         self.peak_memory_bytes = max(self.peak_memory_bytes, encoder.peak_memory_bytes())

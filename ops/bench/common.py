@@ -122,3 +122,14 @@ def pending(settings: FleetSettings, version_id: int) -> int:
             (version_id,),
         ).fetchone()
     return count
+
+
+def drive(engine, tasks: list, concurrency: int) -> int:
+    """Run `tasks` through a started EmbedEngine as Celery's pool would: at most `concurrency` in
+    flight, a new one as each finishes. Returns the chunks embedded; a task's error is raised."""
+    embedded = 0
+    in_flight = [engine.submit(task) for task in tasks[:concurrency]]
+    for task in tasks[concurrency:]:
+        embedded += in_flight.pop(0).result().embedded
+        in_flight.append(engine.submit(task))
+    return embedded + sum(future.result().embedded for future in in_flight)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_PG, load_chunks, make_chunks, milvus_server, new_version, scratch_database
+from common import DEFAULT_PG, drive, load_chunks, make_chunks, milvus_server, new_version, scratch_database
 
 from workers.batching import plan_batches
 from workers.embedding import load_encoder, resolve_model
@@ -62,9 +62,10 @@ def main() -> int:
             tokens / time_st(args.model, texts, "bf16", 64) if device.startswith("cuda") else None
         )
         report["bare_tokens_per_s"] = tokens / time_bare(real, texts, args.batch_tokens)
-    seconds, stats, peak = time_worker(args, encoder, texts, dim)
+    seconds, stats, peak, first_forward_s = time_worker(args, encoder, texts, dim)
     report["worker_tokens_per_s"] = tokens / seconds
     report["worker_chunks_per_s"] = len(texts) / seconds
+    report["startup_to_first_forward_s"] = first_forward_s
     report["peak_vram_gib"] = peak / 2**30 if device.startswith("cuda") else None
     report["stages"] = stats
     add_ratios(report, real)
@@ -131,8 +132,9 @@ def time_bare(encoder, texts: list[str], budget: int) -> float:
     return seconds
 
 
-def time_worker(args: argparse.Namespace, encoder, texts: list[str], dim: int) -> tuple[float, dict, int]:
-    """Submit every chunk as tasks to a fresh engine and wait until all are stored in both sinks."""
+def time_worker(args: argparse.Namespace, encoder, texts: list[str], dim: int) -> tuple[float, dict, int, float]:
+    """Submit every chunk as tasks to a fresh engine and wait until all are stored in both sinks:
+    the seconds, the stages' statistics, peak device memory, and when the first forward began."""
     with scratch_database(args.postgres) as database_url, milvus_server() as milvus_uri:
         settings = FleetSettings(
             _env_file=None,
@@ -149,18 +151,14 @@ def time_worker(args: argparse.Namespace, encoder, texts: list[str], dim: int) -
         engine.preload(args.model)
         tasks = make_tasks(version.id, chunk_ids, args.task_chunks)
         started = time.perf_counter()
-        # Like Celery's pool: at most `concurrency` tasks in flight, a new one as each finishes.
-        in_flight = [engine.submit(task) for task in tasks[: args.concurrency]]
-        for task in tasks[args.concurrency :]:
-            in_flight.pop(0).result()
-            in_flight.append(engine.submit(task))
-        embedded = sum(future.result().embedded for future in in_flight)
+        embedded = drive(engine, tasks, args.concurrency)
         seconds = time.perf_counter() - started
         stats = engine.stats()
         engine.close()
-        assert embedded >= 0
-        log(f"worker end to end: {seconds:.2f}s")
-        return seconds, stats, engine.peak_memory_bytes
+        assert embedded == len(chunk_ids), f"the worker embedded {embedded} of {len(chunk_ids)} chunks"
+        first_forward_s = engine.first_forward_at - started
+        log(f"worker end to end: {seconds:.2f}s (first forward after {first_forward_s:.2f}s)")
+        return seconds, stats, engine.peak_memory_bytes, first_forward_s
 
 
 def synchronize() -> None:

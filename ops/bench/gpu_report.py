@@ -58,12 +58,12 @@ def main() -> int:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory (default: build the full-size stand-in)")
-    parser.add_argument("--chunks", type=int, help="chunks to embed (default 2048; 24 with --smoke)")
+    parser.add_argument("--chunks", type=int, help="chunks to embed (default 2048; 8 with --smoke)")
     parser.add_argument("--batch-tokens", type=int, default=65536)
     parser.add_argument("--smoke", action="store_true", help="tiny stand-in on whatever device: checks the script")
     parser.add_argument("--out", default="gpu-report.json")
     args = parser.parse_args()
-    args.chunks = args.chunks or (24 if args.smoke else 2048)
+    args.chunks = args.chunks or (8 if args.smoke else 2048)
     return args
 
 
@@ -135,7 +135,7 @@ def batch_invariance(encoder, texts: list[str]) -> float:
 
 def run_worker(encoder, model: str, texts: list[str], scratch: Path, budget: int) -> tuple[float, float, dict]:
     """The worker pipeline in this process against an embedded Postgres and a Milvus Lite file."""
-    from common import load_chunks, new_version
+    from common import drive, load_chunks, new_version
 
     from workers.engine import EmbedEngine
     from workers.sending import make_tasks
@@ -149,17 +149,13 @@ def run_worker(encoder, model: str, texts: list[str], scratch: Path, budget: int
     engine.preload(model)
     tasks = make_tasks(version.id, chunk_ids, settings.task_chunks)
     started = time.perf_counter()
-    in_flight = [engine.submit(task) for task in tasks[: settings.worker_concurrency]]
-    for task in tasks[settings.worker_concurrency :]:
-        in_flight.pop(0).result()
-        in_flight.append(engine.submit(task))
-    for future in in_flight:
-        future.result()
+    embedded = drive(engine, tasks, settings.worker_concurrency)
     synchronize()
     seconds = time.perf_counter() - started
     first_forward = engine.first_forward_at - started if engine.first_forward_at else float("nan")
     stats = engine.stats()
     engine.close()
+    assert embedded == len(chunk_ids), f"the worker embedded {embedded} of {len(chunk_ids)} chunks"
     log(f"worker end to end: {seconds:.2f}s (first forward after {first_forward:.2f}s)")
     return seconds, first_forward, stats
 

@@ -11,7 +11,7 @@ from producer import commands
 from tests.integration.conftest import write_corpus
 from workers.embedding import load_encoder
 from workers.embedding.fake import FakeEncoder
-from workers.engine import EmbedEngine
+from workers.engine import STARVING_CLAIM_CHUNKS, EmbedEngine
 from workers.errors import DeviceOutOfMemory, ServiceUnavailable
 from workers.sending import make_tasks
 from workers.stores import catalog, milvus, postgres, progress
@@ -73,6 +73,18 @@ def test_chunks_of_many_tasks_share_forward_passes(settings, pending):
     with closing(postgres.connect(settings)) as conn:
         assert progress.progress(conn, version.id).embedded == len(ids)
     assert milvus.count(milvus.connect(settings), version.collection) == len(ids)
+
+
+def test_the_first_forward_takes_one_small_group_then_batches_grow(settings, pending):
+    version, ids = pending
+    assert len(ids) > 4 * STARVING_CLAIM_CHUNKS, "the corpus is too small to tell"
+    # A device that takes a while per batch: while it works, the next batches fill up.
+    encoder = RecordingEncoder(load_encoder("fake:64").info, on_encode=lambda batch: time.sleep(0.05))
+    tasks = make_tasks(version.id, ids, 4)
+    results = run_engine(settings.model_copy(update={"collect_ms": 200}), encoder, tasks)
+    assert sum(r.embedded for r in results) == len(ids)
+    # All tasks were waiting at once; the first forward still had only the first group's chunks.
+    assert encoder.batches[0] <= STARVING_CLAIM_CHUNKS < max(encoder.batches), encoder.batches
 
 
 def test_redelivered_task_embeds_nothing_twice(settings, pending):

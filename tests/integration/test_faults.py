@@ -9,6 +9,7 @@ The worker-kill test runs at default settings; the others shorten the reconciler
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -135,54 +136,49 @@ def test_the_only_worker_killed_and_a_new_one_started_at_default_settings(fleet,
     assert_whole(settings)
 
 
-def test_redis_killed_and_restarted_empty(fleet, redis_server, tmp_path):
+def recovers_from(fleet, tmp_path, fault: Callable[[], None], what: str, **worker_env: str) -> None:
+    """Two workers embed a folder; `fault` strikes once a fifth is done. The run must finish on
+    its own, nothing failed, every chunk once and at its level."""
     settings, workers = fleet
     for name in ("w1", "w2"):
-        workers.start(name, **QUICK_RECONCILER)
+        workers.start(name, **worker_env, **QUICK_RECONCILER)
     total = ingest(settings, write_documents(tmp_path / "docs"))["chunks_enqueued"]
     url = settings.database_url.get_secret_value()
     assert wait_until(lambda: counts(url)["embedded"] > total // 5, 90)
-    redis_server.kill()
-    time.sleep(3)
-    redis_server.start()  # empty: every queued and reserved message is gone
+    fault()
     back = time.monotonic()
     assert wait_until(lambda: counts(url)["embedded"] == total, 180), counts(url)
-    print(f"Redis restarted empty: every chunk embedded {time.monotonic() - back:.0f}s after it was back")
+    print(f"{what}: every chunk embedded {time.monotonic() - back:.0f}s after it was back")
+    assert counts(url)["failed"] == 0
     assert_whole(settings)
+
+
+def test_redis_killed_and_restarted_empty(fleet, redis_server, tmp_path):
+    def restart_empty() -> None:  # every queued and reserved message is gone
+        redis_server.kill()
+        time.sleep(3)
+        redis_server.start()
+
+    recovers_from(fleet, tmp_path, restart_empty, "Redis restarted empty")
 
 
 def test_postgres_closed_to_clients_mid_run(fleet, closable_database, tmp_path):
-    settings, workers = fleet
-    for name in ("w1", "w2"):
-        workers.start(name, **QUICK_RECONCILER)
-    total = ingest(settings, write_documents(tmp_path / "docs"))["chunks_enqueued"]
-    url = settings.database_url.get_secret_value()
-    assert wait_until(lambda: counts(url)["embedded"] > total // 5, 90)
-    closable_database.close()
-    time.sleep(15)
-    closable_database.open()
-    back = time.monotonic()
-    assert wait_until(lambda: counts(url)["embedded"] == total, 180), counts(url)
-    print(f"Postgres closed 15 s: every chunk embedded {time.monotonic() - back:.0f}s after it reopened")
-    assert_whole(settings)
+    def close_15s() -> None:
+        closable_database.close()
+        time.sleep(15)
+        closable_database.open()
+
+    recovers_from(fleet, tmp_path, close_15s, "Postgres closed 15 s")
 
 
 def test_milvus_down_40s_longer_than_the_attempts_budget(fleet, milvus_service, tmp_path):
-    settings, workers = fleet
+    def down_40s() -> None:
+        milvus_service.kill()
+        time.sleep(40)
+        milvus_service.start()
+
     # Two deliveries per chunk: without outages given back, 40 s of Milvus down would fail them all.
-    for name in ("w1", "w2"):
-        workers.start(name, FLEET_MAX_ATTEMPTS="2", **QUICK_RECONCILER)
-    total = ingest(settings, write_documents(tmp_path / "docs"))["chunks_enqueued"]
-    url = settings.database_url.get_secret_value()
-    assert wait_until(lambda: counts(url)["embedded"] > total // 5, 90)
-    milvus_service.kill()
-    time.sleep(40)
-    milvus_service.start()
-    back = time.monotonic()
-    assert wait_until(lambda: counts(url)["embedded"] == total, 180), counts(url)
-    print(f"Milvus down 40 s: every chunk embedded {time.monotonic() - back:.0f}s after it was back")
-    assert counts(url)["failed"] == 0
-    assert_whole(settings)
+    recovers_from(fleet, tmp_path, down_40s, "Milvus down 40 s", FLEET_MAX_ATTEMPTS="2")
 
 
 def test_a_failed_vector_delete_after_a_level_change_is_carried_out_by_the_reconciler(fleet, tmp_path, monkeypatch):
