@@ -1,5 +1,6 @@
 """Run the app under uvicorn: one process, one model; scale out with replicas behind a balancer."""
 
+import contextlib
 import errno
 import logging
 import os
@@ -42,7 +43,11 @@ def serve(settings: FleetSettings, host: str, port: int) -> None:
     for name in ("pymilvus", "pymilvus.milvus_client", "psycopg.pool"):
         logging.getLogger(name).setLevel(logging.CRITICAL if name.startswith("pymilvus") else logging.ERROR)
     log.info("query service on http://%s:%d (OpenAPI docs at /docs)", host, port)
-    uvicorn.Server(config).run()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again; for a service
+    # that is the normal way to stop, not an interruption.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+    log.info("query service stopped")
 
 
 def _check_free(host: str, port: int) -> None:

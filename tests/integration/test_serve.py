@@ -75,6 +75,8 @@ def running_service(settings: FleetSettings, log: Path, meanwhile=lambda: None, 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # SIGTERM is how a service is stopped: a clean exit, not an interruption.
+    assert process.returncode == 0, f"`producer serve` exited {process.returncode} on SIGTERM; log: {log}"
 
 
 def wait_until(condition, timeout: float, what: str) -> float:
