@@ -61,8 +61,20 @@ def search(
     """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
     if not query.strip():
         raise InvalidInput("empty query: give the text to search for")
+    check_text(query, "the query")
     check_top_k(top_k)
     return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: a lone surrogate (JSON's "\\ud800", or argv bytes that
+    were not UTF-8) would fail deep in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInput(
+            f"{what} holds {text[err.start]!r} at character {err.start}, which is not valid Unicode: send UTF-8 text"
+        ) from None
 
 
 def check_top_k(top_k: int, limit: int = MAX_TOP_K) -> None:

@@ -6,12 +6,15 @@ store is down or nothing is indexed yet (the service recovers by itself), 500 on
 """
 
 import importlib.metadata
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymilvus import MilvusException
 
@@ -58,6 +61,7 @@ def create_app(settings: FleetSettings) -> FastAPI:
     app.state.metrics = metrics
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(InvalidInput, _invalid)
     for error in (ServiceUnavailable, ConfigError, psycopg.Error, MilvusException):
         app.add_exception_handler(error, _unavailable)
@@ -69,6 +73,19 @@ def _version() -> str:
         return importlib.metadata.version("embedding-fleet")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an echoed input may hold a lone surrogate, which is valid in
+    JSON's escapes but cannot be encoded as UTF-8 (the default rendering fails with a 500)."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def _unprocessable(request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 (each problem with where and why), rendered so that any input can be echoed."""
+    return _AsciiJSONResponse({"detail": jsonable_encoder(err.errors())}, status_code=422)
 
 
 async def _invalid(request: Request, err: Exception) -> JSONResponse:

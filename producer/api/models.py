@@ -6,17 +6,32 @@ depend on settings (query length, number of inputs) are checked by the routes (4
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from producer.search import check_text
+from workers.errors import InvalidInput
 
 # The four levels of workers.access.AccessLevel, in order (a unit test keeps them equal).
 LevelName = Literal["public", "employee_only", "manager_only", "director_only"]
 MAX_TOP_K = 100
 
 
+def _valid_unicode(text: str) -> str:
+    try:
+        check_text(text, "the text")
+    except InvalidInput as err:
+        raise ValueError(str(err)) from None
+    return text
+
+
+# A string as JSON can carry it but a tokenizer cannot take it: refused with 422.
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(description="What to search for.", examples=["How many days of annual leave do I get?"])
+    query: Text = Field(description="What to search for.", examples=["How many days of annual leave do I get?"])
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="Hits to return, best first.")
     level: LevelName | None = Field(
         None, description="Search as this level; at most the key's own (higher: 403). Default: the key's level."
@@ -53,7 +68,7 @@ class SearchResponse(BaseModel):
     index: IndexInfo = Field(description="The index version that answered.")
 
 
-NonEmptyText = Annotated[str, Field(min_length=1)]
+NonEmptyText = Annotated[Text, Field(min_length=1)]
 
 
 class EmbeddingsRequest(BaseModel):

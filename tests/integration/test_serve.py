@@ -252,6 +252,8 @@ BAD_REQUESTS = [
     ("/v1/search", {"query": "x", "level": "root"}, 422),
     ("/v1/search", {"query": "x", "topk": 3}, 422),
     ("/v1/search", {"query": "x" * 2001}, 413),
+    # A lone surrogate: valid JSON, not valid Unicode (a tokenizer cannot take it).
+    ("/v1/search", b'{"query": "annual leave \\ud800"}', 422),
     ("/v1/embeddings", {"input": []}, 422),
     ("/v1/embeddings", {"input": ""}, 422),
     ("/v1/embeddings", {"input": [1, 2, 3]}, 422),
@@ -262,6 +264,7 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": "x" * 2001}, 413),
     ("/v1/embeddings", {"input": ["x", "y" * 2001]}, 413),
     ("/v1/embeddings", {"input": ["x"] * 257}, 413),
+    ("/v1/embeddings", b'{"input": ["fine", "\\udcff"]}', 422),
 ]
 
 
