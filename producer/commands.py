@@ -69,6 +69,7 @@ def status(settings: FleetSettings) -> dict:
 
 
 def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) -> list[searching.SearchHit]:
+    searching.check_query(query)  # before the model loads
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         version = serving_version(conn, client)

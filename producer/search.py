@@ -59,11 +59,15 @@ def search(
     top_k: int,
 ) -> list[SearchHit]:
     """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
+    check_query(query)
+    check_top_k(top_k)
+    return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
+
+
+def check_query(query: str) -> None:
     if not query.strip():
         raise InvalidInput("empty query: give the text to search for")
     check_text(query, "the query")
-    check_top_k(top_k)
-    return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
 
 
 def check_text(text: str, what: str) -> None:

@@ -140,6 +140,9 @@ def test_missing_path_and_empty_query_are_clear_errors(settings, tmp_path):
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
     with pytest.raises(InvalidInput, match="empty query"):
         commands.search(settings, "  ", AccessLevel.public, 5)
+    # What argv makes of bytes that are not UTF-8 (surrogateescape): refused, not a tokenizer crash.
+    with pytest.raises(InvalidInput, match="not valid Unicode"):
+        commands.search(settings, "leave \udcff", AccessLevel.public, 5)
 
 
 def test_failed_chunks_can_be_retried(settings, tmp_path):
