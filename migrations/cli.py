@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from workers.constants import QUANTIZE_MODES
 from workers.entrypoint import run_command
 from workers.settings import FleetSettings
 
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     reindex.add_argument("--model", required=True, help="hub id or model directory of the new index")
     reindex.add_argument("--dim", type=int, help="dimension of the new index (default: the model's)")
     reindex.add_argument(
-        "--quantize", choices=["none", "int8", "fp8"], help="run the model quantised (default FLEET_QUANTIZE, none)"
+        "--quantize", choices=QUANTIZE_MODES, help="run the model quantised (default FLEET_QUANTIZE, none)"
     )
     reindex.add_argument("--dry-run", action="store_true", help="print the plan: chunks, tokens, time, storage")
     reindex.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")

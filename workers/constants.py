@@ -9,7 +9,11 @@ COLLECTION_PREFIX = "chunks_v"
 EMBED_TASK = "fleet.embed"
 EMBED_QUEUE = "embed"
 
-# Index version states (see migrations/0001_initial.sql)
+# Quantised inference of an index version's model (FLEET_QUANTIZE, `migrate reindex --quantize`;
+# workers/schema/0005_quantization.sql checks the same names).
+QUANTIZE_MODES = ("none", "int8", "fp8")
+
+# Index version states (see workers/schema/0001_initial.sql)
 STATE_BUILDING = "building"
 STATE_LIVE = "live"
 STATE_RETIRED = "retired"

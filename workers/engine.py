@@ -114,15 +114,11 @@ class EmbedEngine:
         self._requests.put(job)
         return job.future
 
-    @property
-    def healthy(self) -> bool:
-        return all(stage.error is None for stage in self.stages)
-
     def health(self) -> tuple[bool, str]:
         """(sound, why): the pipeline's stages alive and the heartbeat thread beating."""
-        dead = [stage for stage in self.stages if stage.error is not None]
+        dead = self._dead_stage()
         if dead:
-            return False, f"the {dead[0].name} stage stopped: {dead[0].error!r}"
+            return False, f"the {dead.name} stage stopped: {dead.error!r}"
         if not self.stages:
             return False, "the embed engine is not started"
         if self._heartbeat is not None and not self._heartbeat.alive:
@@ -130,9 +126,12 @@ class EmbedEngine:
         return True, f"ok: {self.ledger.chunks_held()} chunks held, {self.chunks_done} done"
 
     def check_healthy(self) -> None:
-        dead = [stage for stage in self.stages if stage.error is not None]
+        dead = self._dead_stage()
         if dead:
-            raise RuntimeError(f"the embed engine's {dead[0].name} stage stopped") from dead[0].error
+            raise RuntimeError(f"the embed engine's {dead.name} stage stopped") from dead.error
+
+    def _dead_stage(self) -> Stage | None:
+        return next((stage for stage in self.stages if stage.error is not None), None)
 
     def preload(self, model: str, quantize: str = "none") -> None:
         self._encoder(model, quantize)

@@ -109,13 +109,6 @@ def _params(limits: Cutoffs, settings: FleetSettings) -> dict:
     }
 
 
-@dataclass
-class Round:
-    leader: bool = False
-    resent: int = 0
-    outbox_rows_left: int = 0
-
-
 class Reconciler:
     """A thread in each worker; the one holding the advisory lock does the work."""
 
@@ -147,27 +140,25 @@ class Reconciler:
                 log.warning("reconciler round failed: %s", err)
                 self._reset()
 
-    def run_once(self) -> Round:
+    def run_once(self) -> None:
         """One round: become (or stay) the one reconciler, apply the outbox, send lost work again."""
         conn = self._connection()
         if not self._leader:
             (self._leader,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LEADER_LOCK,)).fetchone()
         if not self._leader:
-            return Round()
-        result = Round(leader=True)
+            return
         if self._milvus is None:
             self._milvus = milvus.connect(self.settings)
         outbox.apply_if_possible(conn, self._milvus)
-        result.outbox_rows_left = outbox.pending(conn)
+        resent = 0
         for version_id, chunk_ids in lost_chunks(conn, self.settings).items():
-            result.resent += sending.send(self.app, conn, version_id, chunk_ids, self.settings.task_chunks)
-        if result.resent:
-            log.warning("sent %d chunks again: their tasks were lost (broker restart, worker killed...)", result.resent)
+            resent += sending.send(self.app, conn, version_id, chunk_ids, self.settings.task_chunks)
+        if resent:
+            log.warning("sent %d chunks again: their tasks were lost (broker restart, worker killed...)", resent)
         conn.execute(
             "DELETE FROM worker_heartbeats WHERE last_seen_at < now() - make_interval(secs => %s)",
             (FORGET_GONE_AFTER_S,),
         )
-        return result
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -14,17 +14,16 @@ import logging
 import torch
 from torch import nn
 
+from workers.constants import QUANTIZE_MODES
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8", "fp8")
-
 
 def check(mode: str, device: str) -> None:
     """Refuse a mode this device cannot run, with what to do instead."""
-    if mode not in MODES:
-        raise ConfigError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}")
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown quantization {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
     if mode == "int8" and device.startswith("cuda"):
         raise ConfigError("int8 (dynamic) quantization runs on CPU workers: on a GPU use fp8, or none")
     if mode == "fp8":

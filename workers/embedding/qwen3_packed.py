@@ -185,7 +185,7 @@ def model_config(info: ModelInfo):
 
 
 def probe_for(config, device: str, dtype: torch.dtype) -> Choice:
-    """Probe the packed kernels with this model's heads on `device` (once per process and shape)."""
+    """Probe the packed kernels with this model's heads on `device` (when its encoder is loaded)."""
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return attention.probe(device, dtype, heads, kv_heads, head_dim)

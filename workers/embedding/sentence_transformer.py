@@ -50,7 +50,6 @@ class SentenceTransformerEncoder(Encoder):
         self.device = pick_device(device)
         self.on_cuda = self.device.startswith("cuda")
         self.dtype = dtype or default_dtype(self.device)
-        self.quantize = quantize
         self.attention = attention or Choice("padded", "SDPA over padded, length-sorted batches")
         # A hub id lets sentence-transformers fetch the weights; model_info fetched only the configs.
         source = info.name if info.is_hub_id else str(info.path)
