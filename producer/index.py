@@ -18,6 +18,8 @@ from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
 
+NOTHING_INDEXED = "nothing is indexed yet: run `producer ingest PATH` first"
+
 
 def target_dim(dim: int | None, info: ModelInfo) -> int:
     """`dim`, or the model's own dimension; larger than the model's is an error."""
@@ -51,13 +53,20 @@ def ensure_live_version(
     return live, warning
 
 
-def serving_version(conn: psycopg.Connection, client: MilvusClient, timeout: float | None = None) -> IndexVersion:
+def serving_version(conn: psycopg.Connection, client: MilvusClient) -> IndexVersion:
     """The version behind the alias `chunks`: its collection, and the model that embeds its queries.
 
     Read from the alias itself, so that a search during a cutover uses one consistent pair.
     """
-    collection = milvus.alias_target(client, timeout)
-    version = catalog.version_by_collection(conn, collection) if collection else None
+    version = version_behind_alias(conn, client)
     if version is None:
-        raise InvalidInput("nothing is indexed yet: run `producer ingest PATH` first")
+        raise InvalidInput(NOTHING_INDEXED)
     return version
+
+
+def version_behind_alias(
+    conn: psycopg.Connection, client: MilvusClient, timeout: float | None = None
+) -> IndexVersion | None:
+    """The version the alias `chunks` points at; None before the first index."""
+    collection = milvus.alias_target(client, timeout)
+    return catalog.version_by_collection(conn, collection) if collection else None

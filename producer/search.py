@@ -60,7 +60,7 @@ def search(
 ) -> list[SearchHit]:
     """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
     check_query(query)
-    check_top_k(top_k)
+    _check_top_k(top_k)
     return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
 
 
@@ -81,9 +81,9 @@ def check_text(text: str, what: str) -> None:
         ) from None
 
 
-def check_top_k(top_k: int, limit: int = MAX_TOP_K) -> None:
-    if not 1 <= top_k <= limit:
-        raise InvalidInput(f"top_k must be between 1 and {limit}, not {top_k}")
+def _check_top_k(top_k: int) -> None:
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}, not {top_k}")
 
 
 def query_vector(encoder: Encoder, version: IndexVersion, query: str) -> np.ndarray:
@@ -105,7 +105,7 @@ def search_vectors(
     One Milvus request and one Postgres query for all of them: the query service batches the
     searches of concurrent requests through here.
     """
-    check_top_k(top_k)
+    _check_top_k(top_k)
     found = milvus.search_many(client, version.collection, vectors, level, top_k, timeout)
     rows = _chunk_rows(conn, list({hit.chunk_id for per_query in found for hit in per_query}))
     return [_cited(per_query, rows, level) for per_query in found]

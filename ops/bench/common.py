@@ -46,6 +46,11 @@ def make_chunks(info: ModelInfo, count: int) -> list[str]:
     return chunks[:count]
 
 
+def log(message: str) -> None:
+    """Progress on stderr: stdout carries the report (`--json`)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_PG, drive, load_chunks, make_chunks, milvus_server, new_version, scratch_database
+from common import DEFAULT_PG, drive, load_chunks, log, make_chunks, milvus_server, new_version, scratch_database
 
 from workers.batching import plan_batches
 from workers.embedding import load_encoder, resolve_model
@@ -96,10 +96,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--postgres", default=DEFAULT_PG, help="admin URL of the Postgres server to use")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def time_st(model: str, texts: list[str], precision: str, batch_size: int) -> float:

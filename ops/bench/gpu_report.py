@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common import make_chunks
+from common import log, make_chunks
 from embed_throughput import synchronize, time_bare, time_st
 from make_qwen3_model import build
 
@@ -65,10 +65,6 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.chunks = args.chunks or (8 if args.smoke else 2048)
     return args
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def measure(args: argparse.Namespace, model: str, scratch: Path) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from common import DEFAULT_PG, REPO, free_port, milvus_server, scratch_database
+from common import DEFAULT_PG, REPO, free_port, log, milvus_server, scratch_database
 
 from producer import commands, keys
 from workers.access import AccessLevel
@@ -279,10 +279,6 @@ def table(report: dict) -> str:
         ratio, met = report["rps_c16_vs_c1"], report["rps_c16_within_target"]
         lines.append(f"requests/s at 16 vs 1: {ratio:.2f}x (target 2x): {met}")
     return "\n".join(lines)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

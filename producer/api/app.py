@@ -57,7 +57,6 @@ def create_app(settings: FleetSettings) -> FastAPI:
         lifespan=lifespan,
         max_body_size=settings.api_max_body_bytes,
     )
-    app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(router)

@@ -65,29 +65,30 @@ class KeyRing:
         if self._read_at is None or time.monotonic() - self._read_at > STALE_AFTER_S:
             raise ServiceUnavailable("cannot check API keys: Postgres has not answered; try again shortly")
 
-    def known(self, key: str) -> Caller | bool | None:
-        """The caller of `key` from memory; False when it must be looked up in Postgres."""
+    def known(self, key: str, digest: str) -> Caller | bool | None:
+        """The caller of `key` (whose hash is `digest`) from memory; False when it must be looked up
+        in Postgres."""
         prefix = key[: keys.SHOWN_PREFIX_CHARS]
         entries = self._by_prefix.get(prefix)
         if entries is None:
             return None if prefix in self._misses or not key.startswith(keys.KEY_PREFIX) else False
-        return _match(entries, keys.key_hash(key))
+        return _match(entries, digest)
 
-    def look_up(self, key: str) -> Caller | None:
+    def look_up(self, key: str, digest: str) -> Caller | None:
         """Ask Postgres for a key not seen at the last read (created since): blocking."""
         prefix = key[: keys.SHOWN_PREFIX_CHARS]
         with self.stores.connection() as conn:
-            found = [_Entry(digest, caller) for _, digest, caller in keys.active_keys_by_prefix(conn, prefix)]
+            found = [_Entry(stored, caller) for _, stored, caller in keys.active_keys_by_prefix(conn, prefix)]
         with self._lock:
             if found:
                 self._by_prefix[prefix] = found
             elif len(self._misses) < _MAX_MISSES:
                 self._misses.add(prefix)
-        return _match(found, keys.key_hash(key))
+        return _match(found, digest)
 
-    def used(self, key: str) -> None:
+    def used(self, digest: str) -> None:
         with self._lock:
-            self._used.add(keys.key_hash(key))
+            self._used.add(digest)
 
 
 def _match(entries: list[_Entry], digest: str) -> Caller | None:
@@ -114,10 +115,11 @@ async def caller(
     ring: KeyRing = request.app.state.service.keys
     ring.check_fresh()
     key = credentials.credentials
-    found = ring.known(key)
+    digest = keys.key_hash(key)
+    found = ring.known(key, digest)
     if found is False:
-        found = await run_in_threadpool(ring.look_up, key)
+        found = await run_in_threadpool(ring.look_up, key, digest)
     if found is None:
         raise _unauthorized("invalid or revoked API key")
-    ring.used(key)
+    ring.used(digest)
     return found

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from producer.api.embedder import use_cpu_threads
-from producer.api.stores import Stores, as_unavailable
+from producer.api.stores import Stores, describe
+from producer.index import NOTHING_INDEXED, version_behind_alias
 from producer.search import encoder_for
 from workers.embedding import Encoder
-from workers.stores import catalog, milvus
+from workers.stores import milvus
 from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -48,28 +49,22 @@ class LiveIndex:
         self._on_switch = on_switch
         self.current: Live | None = None
         self.problem: str | None = "the live index has not been read yet"
-        self._last_warning = ""
 
     def tick(self) -> None:
-        """Read which version is live; switch to it (loaded and warm) if it is another."""
+        """Read which version is live; switch to it (loaded and warm) if it is another. What fails
+        is raised to the poller (which says it once); before the first switch it is also why the
+        service is not ready."""
         try:
             self._follow()
         except Exception as err:
-            problem = str(as_unavailable(err) or f"{type(err).__name__}: {err}")
             if self.current is None:
-                self.problem = problem
-            if problem != self._last_warning:  # once per distinct problem, not every poll
-                log.warning("following the live index: %s", problem)
-                self._last_warning = problem
-        else:
-            if self._last_warning:
-                log.info("following the live index: recovered")
-            self._last_warning = ""
+                self.problem = describe(err)
+            raise
 
     def _follow(self) -> None:
         version = self._serving_version()
         if version is None:  # nothing indexed yet: not ready, and no reason to log
-            self.problem = "nothing is indexed yet: run `producer ingest PATH` first"
+            self.problem = NOTHING_INDEXED
             return
         if self.current is not None and self.current.version.id == version.id:
             self._ensure_loaded(version.collection)  # after a Milvus restart, say
@@ -97,10 +92,8 @@ class LiveIndex:
     # one, and the follower must go on.
 
     def _serving_version(self) -> IndexVersion | None:
-        """The version behind the alias `chunks`, read from the alias itself (as `producer search` does)."""
-        collection = milvus.alias_target(self.stores.milvus(), self.stores.timeout_s)
         with self.stores.connection() as conn:
-            return catalog.version_by_collection(conn, collection) if collection else None
+            return version_behind_alias(conn, self.stores.milvus(), self.stores.timeout_s)
 
     def _ensure_loaded(self, collection: str) -> None:
         milvus.ensure_loaded(self.stores.milvus(), collection, self.stores.timeout_s)

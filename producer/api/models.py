@@ -13,7 +13,8 @@ from workers.errors import InvalidInput
 
 # The four levels of workers.access.AccessLevel, in order (a unit test keeps them equal).
 LevelName = Literal["public", "employee_only", "manager_only", "director_only"]
-MAX_TOP_K = 100
+# /v1/search's limit (the CLI's, workers.constants.MAX_TOP_K, is higher).
+API_MAX_TOP_K = 100
 
 
 def _valid_unicode(text: str) -> str:
@@ -32,7 +33,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     query: Text = Field(description="What to search for.", examples=["How many days of annual leave do I get?"])
-    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="Hits to return, best first.")
+    top_k: int = Field(10, ge=1, le=API_MAX_TOP_K, description="Hits to return, best first.")
     level: LevelName | None = Field(
         None, description="Search as this level; at most the key's own (higher: 403). Default: the key's level."
     )

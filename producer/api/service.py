@@ -25,7 +25,7 @@ from producer.api.embedder import (
 )
 from producer.api.live import Live, LiveIndex
 from producer.api.metrics import ApiMetrics
-from producer.api.stores import Stores, as_unavailable
+from producer.api.stores import Stores, as_unavailable, describe
 from producer.search import SearchHit, search_vectors
 from workers.access import AccessLevel
 from workers.errors import InvalidInput, ServiceUnavailable
@@ -100,7 +100,7 @@ class QueryService:
         try:
             await asyncio.to_thread(step)
         except Exception as err:  # an outage: said once while it lasts, retried at every poll
-            problem = str(as_unavailable(err) or err)
+            problem = describe(err)
             if self._problems.get(what) != problem:
                 log.warning("%s: %s", what, problem)
             self._problems[what] = problem

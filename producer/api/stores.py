@@ -33,6 +33,11 @@ def as_unavailable(err: BaseException) -> ServiceUnavailable | None:
     return ServiceUnavailable(f"{store} is unavailable ({reason[0] if reason else type(err).__name__})")
 
 
+def describe(err: BaseException) -> str:
+    """One line for an error: the store's outage, or the error's type and message."""
+    return str(as_unavailable(err) or f"{type(err).__name__}: {err}")
+
+
 class Stores:
     def __init__(self, settings: FleetSettings):
         self.settings = settings
