@@ -39,6 +39,22 @@ class Found:
 
 
 @dataclass
+class _Listing:
+    """One folder's entries as `_folder` reads them: by name, and the sidecar-like names by their
+    case-folded form (looked up per document instead of scanning the folder each time)."""
+
+    prefix: str
+    by_name: dict[str, os.DirEntry]
+    sidecars: dict[str, list[str]] = field(default_factory=dict)
+    claimed: set[str] = field(default_factory=set)  # sidecars that belong to a document here
+
+    def __post_init__(self) -> None:
+        for name in self.by_name:  # in name order: so are the names listed for each form
+            if _is_sidecar_name(name):
+                self.sidecars.setdefault(name.casefold(), []).append(name)
+
+
+@dataclass
 class Walk:
     root: Path
     # Identities are `prefix` + the path under `root`; `.fleet.yaml` rules apply from `base` down
@@ -91,14 +107,14 @@ class Walk:
             self.rejected.append(Rejection(prefix or "./", f"cannot read this folder ({err.strerror})"))
             self.unreadable.append(prefix)
             return
-        by_name = {entry.name: entry for entry in entries}
-        rules = self._folder_rules(by_name, prefix)
+        listing = _Listing(prefix, {entry.name: entry for entry in entries})
+        rules = self._folder_rules(listing.by_name, prefix)
         if rules is not None and (rules.level is not None or rules.error):
             inherited = rules
-        claimed: set[str] = set(FOLDER_RULES_NAMES)
         for entry in entries:
             shown = prefix + _display(entry.name)
-            if entry.name.startswith(".") or entry.name in claimed or _is_sidecar_name(entry.name):
+            # Control files are hidden (.fleet.yaml) or sidecars: read with their documents.
+            if entry.name.startswith(".") or _is_sidecar_name(entry.name):
                 continue
             if shown != prefix + entry.name:
                 self.rejected.append(Rejection(shown, "the file name is not valid UTF-8: rename it"))
@@ -107,10 +123,10 @@ class Walk:
             if kind == "dir":
                 yield from self._folder(Path(entry.path), shown + "/", inherited)
             elif kind == "file":
-                found = self._document(entry, shown, by_name, inherited, claimed)
+                found = self._document(entry, shown, listing, inherited)
                 if found is not None:
                     yield found
-        self._note_orphan_sidecars(by_name, prefix, claimed)
+        self._note_orphan_sidecars(listing)
 
     def _kind(self, entry: os.DirEntry, shown: str) -> str | None:
         """ "dir", "file" or None (refused or skipped: noted)."""
@@ -137,7 +153,7 @@ class Walk:
         return "file"
 
     def _document(
-        self, entry: os.DirEntry, shown: str, by_name: dict, inherited: Declaration | None, claimed: set[str]
+        self, entry: os.DirEntry, shown: str, listing: _Listing, inherited: Declaration | None
     ) -> Found | None:
         suffix = Path(entry.name).suffix.lower()
         if suffix not in SUFFIXES:
@@ -151,17 +167,18 @@ class Walk:
             )
             return None
         self._names.add(name)
-        sidecar = self._sidecar(entry.name, by_name, shown.rsplit("/", 1)[0] + "/" if "/" in shown else "", claimed)
+        sidecar = self._sidecar(entry.name, listing)
         return Found(Path(entry.path), name, sidecar, inherited)
 
-    def _sidecar(self, name: str, by_name: dict, prefix: str, claimed: set[str]) -> Declaration | None:
+    def _sidecar(self, name: str, listing: _Listing) -> Declaration | None:
         """The document's own sidecar; a file that only looks like one (case, a missing suffix) refuses it."""
+        by_name = listing.by_name
         exact = [name + suffix for suffix in SIDECAR_SUFFIXES if name + suffix in by_name]
         stem = Path(name).stem.casefold()
         wanted = {(base + suffix).casefold() for base in (name, stem) for suffix in SIDECAR_SUFFIXES}
-        near = [other for other in by_name if other.casefold() in wanted and other not in exact]
-        claimed.update(exact + near)
-        source = prefix + (exact[0] if exact else name + SIDECAR_SUFFIXES[0])
+        near = sorted(other for form in wanted for other in listing.sidecars.get(form, ()) if other not in exact)
+        listing.claimed.update(exact + near)
+        source = listing.prefix + (exact[0] if exact else name + SIDECAR_SUFFIXES[0])
         if near:
             return Declaration(
                 source, error=f"found {near[0]!r}, which looks like its sidecar: name it {name}.meta.yaml"
@@ -211,12 +228,14 @@ class Walk:
             return "not a regular file"
         return None
 
-    def _note_orphan_sidecars(self, by_name: dict, prefix: str, claimed: set[str]) -> None:
-        for name in by_name:
-            if _is_sidecar_name(name) and name not in claimed:
+    def _note_orphan_sidecars(self, listing: _Listing) -> None:
+        for name in listing.by_name:
+            if _is_sidecar_name(name) and name not in listing.claimed:
                 document = name[: -len(next(s for s in SIDECAR_SUFFIXES if name.casefold().endswith(s)))]
                 self.skipped.append(
-                    Rejection(prefix + _display(name), f"a sidecar of {document!r}, which is not in this folder")
+                    Rejection(
+                        listing.prefix + _display(name), f"a sidecar of {document!r}, which is not in this folder"
+                    )
                 )
 
 
