@@ -58,11 +58,12 @@ def chunk_text(text: str, counter: TokenCounter, limits: ChunkLimits) -> list[Ch
         units = _units(text, counter, max_tokens)
         planned = _plan(units, counter.special_tokens, ChunkLimits(limits.min_tokens, max_tokens))
         spans = [_strip(text, start, end) for start, end in planned]
-        counts = counter.count([text[start:end] for start, end in spans])
+        texts = [text[start:end] for start, end in spans]
+        counts = counter.count(texts)
         overshoot = max(count - limits.max_tokens for count in counts)
         if overshoot <= 0:
             return [
-                Chunk(text[start:end], count, start, end) for (start, end), count in zip(spans, counts, strict=True)
+                Chunk(chunk, count, start, end) for chunk, count, (start, end) in zip(texts, counts, spans, strict=True)
             ]
         # Tokens merge differently across unit edges: plan again with the measured overshoot.
         max_tokens -= overshoot

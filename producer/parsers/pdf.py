@@ -132,8 +132,11 @@ def drop_running_lines(pages: list[list[str]]) -> list[list[str]]:
 
 def _build(pages: list[list[str]], bookmarks: list[_Bookmark], metadata: dict) -> ParsedDocument:
     builder, headings = TextBuilder(), Headings()
+    by_page: dict[int, list[_Bookmark]] = {}
+    for bookmark in bookmarks:  # once, not once per page: a manual has thousands of both
+        by_page.setdefault(bookmark.page, []).append(bookmark)
     for index, lines in enumerate(pages):
-        starts = _bookmark_lines(lines, [bookmark for bookmark in bookmarks if bookmark.page == index])
+        starts = _bookmark_lines(lines, by_page.get(index, []))
         for item in _paragraphs(lines, starts):
             if isinstance(item, _Bookmark):
                 headings.enter(item.level, item.title)
