@@ -111,9 +111,11 @@ def _upsert_document(conn: psycopg.Connection, document: Document, ingest_root: 
     return document_id
 
 
-def fingerprints(conn: psycopg.Connection) -> dict[str, str]:
-    """Each document's recorded fingerprint: a file that still has it is not read again."""
-    return dict(conn.execute("SELECT source_path, fingerprint FROM documents WHERE fingerprint IS NOT NULL"))
+def fingerprints(conn: psycopg.Connection) -> dict[str, str | None]:
+    """Every indexed document with its recorded fingerprint: a file that still has it is not read
+    again. A document indexed before fingerprints were recorded is listed too (None: read again),
+    so that it is withdrawn like any other when its level can no longer be read."""
+    return dict(conn.execute("SELECT source_path, fingerprint FROM documents"))
 
 
 def remove_documents(conn: psycopg.Connection, paths: list[str], reason: str) -> list[str]:

@@ -122,9 +122,14 @@ def test_a_sidecar_or_folder_rules_change_moves_the_document_in_milvus(settings,
     assert FIRE not in " ".join(hit.text for hit in search(settings, FIRE, AccessLevel.public, 20))
 
 
-def test_a_document_whose_level_can_no_longer_be_read_is_withdrawn(settings, tmp_path):
+# Also a document indexed before fingerprints were recorded (migration 0003): no fingerprint.
+@pytest.mark.parametrize("fingerprinted", [True, False])
+def test_a_document_whose_level_can_no_longer_be_read_is_withdrawn(settings, tmp_path, fingerprinted):
     docs = build_corpus(tmp_path / "docs")
     commands.ingest(settings, docs, None, wait=False)
+    if not fingerprinted:
+        with closing(postgres.connect(settings)) as conn:
+            conn.execute("UPDATE documents SET fingerprint = NULL")
     (docs / "hr/bonus-manual.pdf.meta.yaml").write_text("acess_level: director_only\n")  # a typo
     report = commands.ingest(settings, docs, None, wait=False)
     assert [r.path for r in report.rejected] == ["hr/bonus-manual.pdf"]
