@@ -130,22 +130,8 @@ def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import commands
 
     report = commands.ingest(settings, args.path, args.level, wait=args.wait, prune=args.prune)
-    _print(args, report.to_dict(), lambda: _print_ingest(report))
+    _print(args, report.to_dict(), lambda: print(*report.lines(), sep="\n"))
     return EXIT_REFUSED if report.rejected else 0
-
-
-def _print_ingest(report) -> None:
-    withdrawn = f", {report.documents_withdrawn} withdrawn" if report.documents_withdrawn else ""
-    print(
-        f"{report.files_seen} files: {report.documents_new} new, {report.documents_changed} changed, "
-        f"{report.documents_unchanged} unchanged, {report.documents_rejected} refused, "
-        f"{report.documents_removed} removed{withdrawn}, {report.files_skipped} skipped; "
-        f"{report.chunks_enqueued} chunks to embed, {report.chunks_removed} removed"
-    )
-    for skipped in report.skipped:
-        print(f"skipped {skipped.path}: {skipped.reason}")
-    for rejection in report.rejected:
-        print(f"refused {rejection.path}: {rejection.reason}")
 
 
 def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
@@ -188,11 +174,13 @@ def _run_search(args: argparse.Namespace, settings: FleetSettings) -> int:
 
 
 def _print_hits(hits) -> None:
+    from producer.documents import printable
+
     if not hits:
         print("no results")
     for rank, hit in enumerate(hits, 1):
-        snippet = " ".join(hit.text.split())[:160]
-        print(f"{rank}. {hit.score:.3f}  {hit.citation()}  [{hit.access_level}]\n   {snippet}")
+        snippet = printable(" ".join(hit.text.split())[:160])
+        print(f"{rank}. {hit.score:.3f}  {printable(hit.citation())}  [{hit.access_level}]\n   {snippet}")
 
 
 def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:

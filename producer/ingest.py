@@ -16,7 +16,7 @@ from tqdm import tqdm
 from producer import roots
 from producer.chunking import ChunkLimits
 from producer.dispatch import Dispatcher, InProcessDispatcher, send_pending
-from producer.documents import Rejection, Source, Unchanged
+from producer.documents import Rejection, Source, Unchanged, printable
 from producer.index import ensure_live_version
 from producer.intake import Intake, Prepared
 from producer.registry import claim_root, fingerprints, register, remove_documents
@@ -45,6 +45,7 @@ class IngestReport:
     chunks_removed: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     skipped: list[Rejection] = field(default_factory=list)
+    withdrawn: list[Rejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> None:
@@ -56,14 +57,29 @@ class IngestReport:
             self.documents_unchanged += 1
 
     def to_dict(self) -> dict:
-        lists = ("rejected", "skipped", "warnings")
+        lists = ("rejected", "skipped", "withdrawn", "warnings")
         fields = {key: value for key, value in vars(self).items() if key not in lists}
         return {
             **fields,
             "rejected": [r.to_dict() for r in self.rejected],
             "skipped": [s.to_dict() for s in self.skipped],
+            "withdrawn": [w.to_dict() for w in self.withdrawn],
             "warnings": self.warnings,
         }
+
+    def lines(self) -> list[str]:
+        """The text output: a summary, then a line per skipped, refused and withdrawn file. Names
+        and reasons are escaped (`to_dict`), so that no file name can forge a line of its own."""
+        withdrawn = f", {self.documents_withdrawn} withdrawn" if self.documents_withdrawn else ""
+        lines = [
+            f"{self.files_seen} files: {self.documents_new} new, {self.documents_changed} changed, "
+            f"{self.documents_unchanged} unchanged, {self.documents_rejected} refused, "
+            f"{self.documents_removed} removed{withdrawn}, {self.files_skipped} skipped; "
+            f"{self.chunks_enqueued} chunks to embed, {self.chunks_removed} removed"
+        ]
+        for what, listed in (("skipped", self.skipped), ("refused", self.rejected), ("withdrew", self.withdrawn)):
+            lines += [f"{what} {shown['path']}: {shown['reason']}" for shown in map(Rejection.to_dict, listed)]
+        return lines
 
 
 def chunk_limits(settings: FleetSettings, info: ModelInfo) -> tuple[ChunkLimits, str | None]:
@@ -111,11 +127,11 @@ def ingest(
         Source(
             found.path,
             found.name,
-            found.sidecar,
-            found.inherited,
+            found.places,
             default_level,
             settings.max_file_bytes,
             known.get(found.name),
+            (found.device, found.inode),
         )
         for found in walk.documents()
     )
@@ -133,14 +149,18 @@ def ingest(
             else:
                 seen.add(outcome.path)
                 report.rejected.append(outcome)
-                if outcome.withdraw and outcome.path in known:
-                    _withdraw(outcome.path, report, conn, vectors)
     claim_root(conn, seen, root.key)
     report.rejected += walk.rejected
+    for rejection in report.rejected:  # fail closed: an indexed version of a refused file is taken out
+        if rejection.withdraw and rejection.path in known:
+            _withdraw(rejection.path, f"refused: {rejection.reason}", report, conn, vectors)
+    for alias in walk.aliases:  # indexed under a link's path by an older version: now under its real path
+        if alias in known and alias not in seen:
+            _withdraw(alias, "a link: the document is indexed under its real path", report, conn, vectors)
     report.skipped = walk.skipped
     report.documents_rejected, report.files_skipped = len(report.rejected), len(report.skipped)
     for rejection in report.rejected:
-        log.debug("refused %s: %s", rejection.path, rejection.reason)
+        log.debug("refused %s: %s", printable(rejection.path), printable(rejection.reason))
     if prune:
         _prune(roots.prunable(conn, root, seen, walk.unreadable), report, conn, vectors, folder)
     if in_process:
@@ -210,12 +230,14 @@ def _store(
             report.chunks_enqueued += dispatcher.send(conn, version_id, registration.added)
 
 
-def _withdraw(path: str, report: IngestReport, conn: psycopg.Connection, vectors: _Vectors) -> None:
-    """Take out of the index a document whose level can no longer be read: never serve it at the old one."""
-    report.chunks_removed += len(remove_documents(conn, [path], f"{path} withdrawn: its level cannot be read"))
+def _withdraw(path: str, reason: str, report: IngestReport, conn: psycopg.Connection, vectors: _Vectors) -> None:
+    """Take an indexed document out of the index: what can no longer be read is never served at
+    the level it had (it comes back once a run reads it again)."""
+    report.chunks_removed += len(remove_documents(conn, [path], f"{path} withdrawn: {reason}"))
     vectors.delete_pending()
     report.documents_withdrawn += 1
-    log.warning("withdrew %s from the index until its access level can be read again", path)
+    report.withdrawn.append(Rejection(path, reason))
+    log.warning("withdrew %s from the index: %s", printable(path), printable(reason))
 
 
 def _prune(paths: list[str], report: IngestReport, conn: psycopg.Connection, vectors: _Vectors, folder: Path) -> None:

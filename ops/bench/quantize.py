@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from producer.chunking import ChunkLimits, chunk_text  # noqa: E402
-from producer.levels import split_front_matter  # noqa: E402
+from producer.declarations import read_front_matter  # noqa: E402
 from workers.access import AccessLevel  # noqa: E402
 from workers.embedding import load_encoder, resolve_model  # noqa: E402
 from workers.embedding.tokenizer import load_token_counter  # noqa: E402
@@ -41,9 +41,10 @@ def corpus(model: str) -> list[tuple[str, AccessLevel, str]]:
     limits = ChunkLimits(min(500, info.max_seq_length // 2), min(1000, info.max_seq_length))
     chunks = []
     for path in sorted(SAMPLE_DOCS.rglob("*.md")):
-        front, body = split_front_matter(path.read_text(encoding="utf-8"))
+        front = read_front_matter(path.read_text(encoding="utf-8"))
         document = path.relative_to(SAMPLE_DOCS).as_posix()
-        chunks += [(document, front.level, chunk.text) for chunk in chunk_text(body, counter, limits)]
+        level = front.declaration.level
+        chunks += [(document, level, chunk.text) for chunk in chunk_text(front.body, counter, limits)]
     return chunks
 
 

@@ -8,8 +8,9 @@ from producer.parsers.text import MarkdownParser, PlainTextParser
 
 PARSERS: tuple[Parser, ...] = (MarkdownParser(), PlainTextParser(), PdfParser(), DocxParser(), HtmlParser())
 SUFFIXES = frozenset(suffix for parser in PARSERS for suffix in parser.suffixes)
-# Bumped when a parser's output changes, so that unchanged files are read again once.
-PARSER_VERSION = 2
+# Bumped when a parser's output or the level rules change, so that unchanged files are read (and
+# judged) again once: 3, the one access decision (links, look-alikes, claims, HTML comments).
+PARSER_VERSION = 3
 
 
 def parser_for(suffix: str) -> Parser | None:

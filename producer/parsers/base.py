@@ -13,7 +13,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from producer.levels import Declaration
+from producer.declarations import Declaration
 from workers.errors import InvalidInput
 
 SECTION_SEPARATOR = " > "
@@ -47,6 +47,11 @@ class ParsedDocument:
     marks: list[Mark] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     front_matter: Declaration | None = None  # text formats only
+    # Numbered lines of the source outside the text, read for level claims (producer.declarations):
+    # front matter in another format than YAML, an HTML page's comments, <meta> tags, header and
+    # footer, a PDF's running headers and footers, a Word file's page headers and footers.
+    head: list[tuple[int, str]] = field(default_factory=list)
+    head_where: str = "its source, line"  # how a claim in `head` is located: "<head_where> <number>"
 
     def place(self, start: int, end: int) -> Place:
         """Where the span text[start:end] lies: first and last page, and the section at its start."""

@@ -1,6 +1,8 @@
 """Word `.docx` through python-docx: paragraphs and tables in document order, headings
 (Heading 1…9, or an outline level) for the section path; page headers and footers are not part
-of the body and stay out. Word does not store pages, so a .docx chunk has no page numbers."""
+of the body and stay out of the text (what they say of the document's level is read, as are the
+title, subject, keywords, category and status the author filled in). Word does not store pages,
+so a .docx chunk has no page numbers."""
 
 import io
 import re
@@ -16,6 +18,9 @@ from producer.parsers.base import Headings, ParsedDocument, ParseError, Parser, 
 MAX_BODY_BYTES = 512 * 2**20
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])", re.IGNORECASE)
 _NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+# Page header and footer lines kept for the level claims (producer.declarations).
+_MAX_FURNITURE_LINES = 200
+_CORE_PROPERTIES = ("title", "subject", "keywords", "category", "content_status")
 
 
 class DocxParser(Parser):
@@ -59,8 +64,37 @@ def _build(document) -> ParsedDocument:
             builder.add(block.text, section=headings.path)
         elif isinstance(block, Table):
             builder.add("\n".join(table_rows(block)), section=headings.path)
-    title = (document.core_properties.title or "").strip()
-    return builder.build({"title": title} if title else {})
+    parsed = builder.build(_metadata(document.core_properties))
+    parsed.head, parsed.head_where = page_furniture(document), "its page header or footer, line"
+    return parsed
+
+
+def _metadata(properties) -> dict:
+    """What the author filled in: kept as metadata, and read for level names."""
+    found = {}
+    for name in _CORE_PROPERTIES:
+        value = " ".join((getattr(properties, name) or "").split())[:1000]
+        if value:
+            found[name] = value
+    return found
+
+
+def page_furniture(document) -> list[tuple[int, str]]:
+    """The lines of every page header and footer (first page, even pages, default), each once."""
+    lines: dict[str, None] = {}
+    for section in document.sections:
+        for part in (
+            section.first_page_header, section.header, section.even_page_header,
+            section.first_page_footer, section.footer, section.even_page_footer,
+        ):  # fmt: skip
+            if part.is_linked_to_previous:
+                continue  # no definition of its own: the previous section's, already read
+            texts = [paragraph.text for paragraph in part.paragraphs]
+            texts += [row for table in part.tables for row in table_rows(table)]
+            for line in (line.strip() for text in texts for line in text.splitlines()):
+                if line and len(lines) < _MAX_FURNITURE_LINES:
+                    lines.setdefault(line[:1000])
+    return list(enumerate(lines, 1))
 
 
 def style_heading_level(style) -> int | None:

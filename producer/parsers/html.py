@@ -24,6 +24,7 @@ _BLOCK_TAGS = {
     "fieldset", "center",
 }  # fmt: skip
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_MAX_UNREAD_LINES = 200
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w\-:.]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -35,16 +36,36 @@ class HtmlParser(Parser):
     def convert(self, data: bytes) -> ParsedDocument:
         if not data.strip():
             raise ParseError("empty HTML file")
-        parser = lxml.html.HTMLParser(encoding=sniff_encoding(data), remove_comments=True, remove_pis=True)
+        parser = lxml.html.HTMLParser(encoding=sniff_encoding(data), remove_comments=False, remove_pis=True)
         try:
             root = lxml.html.document_fromstring(data, parser=parser)
         except (lxml.etree.ParserError, ValueError) as err:
             raise ParseError(f"HTML cannot be parsed ({err})") from err
         title = " ".join(root.findtext(".//title", "").split())
-        _drop_chrome(root)
+        head = unread_lines(root)
+        head += _drop_chrome(root)[: _MAX_UNREAD_LINES - len(head)]
         walker = _Walker()
         walker.read(_main_content(root))
-        return walker.builder.build({"title": title} if title else {})
+        parsed = walker.builder.build({"title": title} if title else {})
+        parsed.head = head
+        return parsed
+
+
+def unread_lines(root) -> list[tuple[int, str]]:
+    """What a page says outside its text, numbered by source line: `<meta name content>` as
+    `name: content` and the lines of its comments (read for level claims); comments are removed."""
+    lines: list[tuple[int, str]] = []
+    for element in root.iter(lxml.etree.Comment, "meta"):
+        if len(lines) >= _MAX_UNREAD_LINES:
+            break
+        if element.tag == "meta" and element.get("name") and element.get("content") is not None:
+            lines.append((element.sourceline or 0, f"{element.get('name')}: {element.get('content')}"[:1000]))
+        elif element.tag is lxml.etree.Comment:
+            first = element.sourceline or 0
+            lines += [(first + n, line[:1000]) for n, line in enumerate((element.text or "").split("\n")[:20])]
+    for comment in list(root.iter(lxml.etree.Comment)):
+        comment.drop_tree()
+    return lines[:_MAX_UNREAD_LINES]
 
 
 def sniff_encoding(data: bytes) -> str:
@@ -81,10 +102,18 @@ def _is_chrome(element) -> bool:
     )
 
 
-def _drop_chrome(root) -> None:
+def _drop_chrome(root) -> list[tuple[int, str]]:
+    """Drop what is not the page's text; returns the lines of its page header and footer, which
+    are not text but are read for what they say of the page's level."""
+    furniture: list[tuple[int, str]] = []
     for element in [el for el in root.iter() if isinstance(el.tag, str) and _is_chrome(el)]:
-        if element.getparent() is not None:
-            element.drop_tree()
+        if element.getparent() is None:
+            continue  # inside chrome dropped already
+        if element.tag in ("header", "footer") or (element.get("role") or "").lower() in ("banner", "contentinfo"):
+            lines = [line.strip()[:1000] for line in element.text_content().splitlines()[:_MAX_UNREAD_LINES]]
+            furniture += [(element.sourceline or 0, line) for line in lines if line]
+        element.drop_tree()
+    return furniture
 
 
 def _main_content(root):

@@ -26,6 +26,9 @@ _MIN_PAGES_FOR_REPEATS = 3
 _PAGE_NUMBER = re.compile(r"(?:page\s*)?(?:#|[ivxlc]+)(?:\s*(?:of|/)\s*#)?|[-–—]\s*#\s*[-–—]")
 # Characters of section numbering before a bookmark's title on its heading line ("2.1.3 ").
 _NUMBER_ROOM = 8
+# Running lines kept for the level claims (producer.declarations), and the length of a metadata field.
+_MAX_FURNITURE_LINES = 200
+_MAX_FIELD_CHARS = 1000
 _SOFT_HYPHENS = ("\ufffe", "\x02", "\xad")
 _BULLET = re.compile(r"^(?:[•▪●◦■\-–*]|\d{1,3}[.)])\s")
 _SENTENCE_END = ".!?:;"
@@ -60,7 +63,7 @@ class PdfParser(Parser):
         try:
             pages = [_page_lines(pdf, index) for index in range(len(pdf))]
             bookmarks = _bookmarks(pdf)
-            title = (pdf.get_metadata_value("Title") or "").strip()
+            metadata = _metadata(pdf)
             has_images = not any(pages) and _has_images(pdf)
         finally:
             pdf.close()
@@ -68,8 +71,20 @@ class PdfParser(Parser):
             if has_images:
                 raise ParseError("PDF has no text layer (a scan?): OCR is not supported, run it through OCR first")
             raise ParseError("PDF has no text")
-        pages = drop_running_lines(pages)
-        return _build(pages, bookmarks, {"title": title} if title else {})
+        pages, furniture = drop_running_lines(pages)
+        parsed = _build(pages, bookmarks, metadata)
+        parsed.head, parsed.head_where = furniture, "its running header or footer, page"
+        return parsed
+
+
+def _metadata(pdf: pdfium.PdfDocument) -> dict:
+    """The document information a person fills in: kept as metadata, and read for level names."""
+    found = {}
+    for key in ("Title", "Subject", "Keywords"):
+        value = " ".join((pdf.get_metadata_value(key) or "").split())[:_MAX_FIELD_CHARS]
+        if value:
+            found[key.lower()] = value
+    return found
 
 
 def _page_lines(pdf: pdfium.PdfDocument, index: int) -> list[str]:
@@ -109,25 +124,31 @@ def _furniture_key(line: str) -> str:
     return re.sub(r"\d+", "#", " ".join(line.casefold().split()))
 
 
-def drop_running_lines(pages: list[list[str]]) -> list[list[str]]:
+def drop_running_lines(pages: list[list[str]]) -> tuple[list[list[str]], list[tuple[int, str]]]:
     """Drop page numbers and the lines that repeat at the top or at the bottom of pages (digits
-    compared as one), when the document has enough pages to tell."""
+    compared as one), when the document has enough pages to tell; also returns the lines dropped,
+    each once, with the (1-based) page it was first dropped from: a running header is not text,
+    but what it says of the document's level is read."""
     if len(pages) < _MIN_PAGES_FOR_REPEATS:
-        return pages
+        return pages, []
     tops = Counter(key for lines in pages for key in {_furniture_key(line) for line in lines[:_EDGE_LINES]})
     bottoms = Counter(key for lines in pages for key in {_furniture_key(line) for line in lines[-_EDGE_LINES:]})
     needed = max(_MIN_PAGES_FOR_REPEATS, _REPEAT_SHARE * len(pages))
     top_keys = {key for key, count in tops.items() if count >= needed or _PAGE_NUMBER.fullmatch(key)}
     bottom_keys = {key for key, count in bottoms.items() if count >= needed or _PAGE_NUMBER.fullmatch(key)}
-    cleaned = []
-    for lines in pages:
+    cleaned, dropped = [], {}
+    for number, lines in enumerate(pages, 1):
         head, middle, tail = lines[:_EDGE_LINES], lines[_EDGE_LINES:-_EDGE_LINES], lines[-_EDGE_LINES:]
         if len(lines) <= 2 * _EDGE_LINES:
             head, middle, tail = lines[: len(lines) // 2], [], lines[len(lines) // 2 :]
+        running = [(line, top_keys) for line in head] + [(line, bottom_keys) for line in tail]
+        for line, keys in running:
+            if _furniture_key(line) in keys and len(dropped) < _MAX_FURNITURE_LINES:
+                dropped.setdefault(_furniture_key(line), (number, line[:1000]))
         head = [line for line in head if _furniture_key(line) not in top_keys]
         tail = [line for line in tail if _furniture_key(line) not in bottom_keys]
         cleaned.append(head + middle + tail)
-    return cleaned
+    return cleaned, list(dropped.values())
 
 
 def _build(pages: list[list[str]], bookmarks: list[_Bookmark], metadata: dict) -> ParsedDocument:

@@ -1,13 +1,13 @@
-"""Markdown and plain text: decoded (UTF-8, or UTF-16/32 with a byte-order mark), NFC, front
-matter read for the level; markdown headings (through markdown-it, so that a `#` inside a code
-block is no heading) give the section path."""
+"""Markdown and plain text: decoded (UTF-8, or UTF-16/32 with a byte-order mark), NFC, YAML front
+matter read for the level (TOML and JSON front matter for level claims); markdown headings
+(through markdown-it, so that a `#` inside a code block is no heading) give the section path."""
 
 import codecs
 import unicodedata
 
 from markdown_it import MarkdownIt
 
-from producer.levels import split_front_matter
+from producer.declarations import read_front_matter
 from producer.parsers.base import Headings, Mark, ParsedDocument, ParseError, Parser
 
 # Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
@@ -39,16 +39,16 @@ class PlainTextParser(Parser):
     suffixes = (".txt",)
 
     def convert(self, data: bytes) -> ParsedDocument:
-        front_matter, body = split_front_matter(decode_text(data))
-        return ParsedDocument(body, [], {}, front_matter)
+        front = read_front_matter(decode_text(data))
+        return ParsedDocument(front.body, [], {}, front.declaration, front.fenced)
 
 
 class MarkdownParser(Parser):
     suffixes = (".md", ".markdown")
 
     def convert(self, data: bytes) -> ParsedDocument:
-        front_matter, body = split_front_matter(decode_text(data))
-        return ParsedDocument(body, heading_marks(body), {}, front_matter)
+        front = read_front_matter(decode_text(data))
+        return ParsedDocument(front.body, heading_marks(front.body), {}, front.declaration, front.fenced)
 
 
 def heading_marks(body: str) -> list[Mark]:

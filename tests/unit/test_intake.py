@@ -7,9 +7,10 @@ import pytest
 
 from producer import documents
 from producer.chunking import ChunkLimits
+from producer.declarations import Declaration
 from producer.documents import Document, Rejection, Source, Unchanged, read_document, read_stable
 from producer.intake import Intake, Prepared, prepare
-from producer.levels import Declaration
+from producer.levels import Place
 from tests.docgen import PdfPage, html_page, write_docx, write_pdf
 from tests.textgen import ENGLISH
 from workers.access import AccessLevel
@@ -19,12 +20,12 @@ LIMITS = ChunkLimits(20, 60)
 FAKE = resolve_model("fake")
 
 
-def source(path: Path, name: str | None = None, **overrides) -> Source:
+def source(path: Path, name: str | None = None, sidecar=None, inherited=None, **overrides) -> Source:
+    name = name or path.name
     values = {
         "path": path,
-        "name": name or path.name,
-        "sidecar": None,
-        "inherited": None,
+        "name": name,
+        "places": (Place(name, sidecar, inherited),),
         "default_level": AccessLevel.employee_only,
         "max_bytes": 10 * 2**20,
         **overrides,
@@ -100,14 +101,39 @@ def test_an_unchanged_fingerprint_is_not_parsed_again(tmp_path):
     assert read_document(source(path, inherited=rules, known_fingerprint=first.fingerprint)) != Unchanged("manual.pdf")
 
 
-def test_level_refusals_withdraw_and_read_refusals_do_not(tmp_path):
+def test_every_refusal_withdraws_but_a_busy_file(tmp_path):
     path = tmp_path / "a.md"
     path.write_text("---\nAccess_Level: director_only\n---\nSecret.\n")
-    refused = read_document(source(path))
-    assert isinstance(refused, Rejection) and refused.withdraw
+    assert read_document(source(path)).withdraw
     path.write_text("   \n")
-    empty = read_document(source(path))
-    assert "no text" in empty.reason and not empty.withdraw
+    assert read_document(source(path)).withdraw  # an empty file is no longer what was indexed
+    path.write_bytes(b"text with a \x00 NUL")
+    assert read_document(source(path)).withdraw
+    big = read_document(source(path, max_bytes=4))
+    assert "larger than" in big.reason and big.withdraw
+    moved = read_document(source(path, identity=(0, 0)))
+    assert "changed while it was read" in moved.reason and not moved.withdraw
+
+
+def test_a_file_swapped_for_a_link_after_the_walk_is_not_read(tmp_path):
+    from producer.walk import Walk
+
+    (tmp_path / "docs").mkdir()
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "docs/b.md").write_text("A memo.")
+    found = next(Walk(tmp_path / "docs").documents())
+    (tmp_path / "docs/b.md").unlink()
+    (tmp_path / "docs/b.md").symlink_to(outside)  # after the walk saw it, before it is read
+    refused = read_document(source(found.path, found.name, identity=(found.device, found.inode)))
+    assert isinstance(refused, Rejection) and "changed while it was read" in refused.reason
+    (tmp_path / "docs/b.md").unlink()
+    (tmp_path / "docs/b.md").write_text("A memo.")
+    found = next(Walk(tmp_path / "docs").documents())
+    (tmp_path / "docs/new.md").write_text("written meanwhile")
+    (tmp_path / "docs/new.md").rename(tmp_path / "docs/b.md")  # another file in its place
+    refused = read_document(source(found.path, found.name, identity=(found.device, found.inode)))
+    assert "another file is in its place" in refused.reason
 
 
 def test_files_over_the_size_limit_are_refused_before_reading(tmp_path):
