@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.constants import QUANTIZE_MODES
-from workers.entrypoint import run_command
-from workers.settings import FleetSettings
+from workers.core.constants import QUANTIZE_MODES
+from workers.core.entrypoint import run_command
+from workers.core.settings import FleetSettings
 
 
 def main(argv: list[str] | None = None) -> int:

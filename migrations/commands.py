@@ -9,11 +9,11 @@ from migrations import reindex
 from producer.commands import dispatcher_for
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
-from workers import schema
-from workers.constants import STATE_RETIRED
-from workers.errors import InvalidInput, QualityGateFailed, ServiceUnavailable
-from workers.settings import FleetSettings
-from workers.stores import catalog, milvus, postgres
+from workers.core import schema
+from workers.core.constants import STATE_RETIRED
+from workers.core.errors import InvalidInput, QualityGateFailed, ServiceUnavailable
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, milvus, postgres
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import psycopg
 from pymilvus import MilvusClient
 
-from workers.stores import catalog, milvus, outbox
-from workers.stores.catalog import IndexVersion
+from workers.core.stores import catalog, milvus, outbox
+from workers.core.stores.catalog import IndexVersion
 
 SCAN_ROWS = 5000
 

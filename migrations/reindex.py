@@ -14,13 +14,13 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.index import target_dim
-from workers.constants import LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.core.constants import LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.core.errors import InvalidInput, ServiceUnavailable
+from workers.core.stores import catalog, milvus, progress
+from workers.core.stores.catalog import IndexVersion
 from workers.embedding import resolve_model
 from workers.embedding.base import fit_dimension
 from workers.embedding.tokenizer import load_token_counter
-from workers.errors import InvalidInput, ServiceUnavailable
-from workers.stores import catalog, milvus, progress
-from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
 

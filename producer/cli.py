@@ -11,11 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.access import AccessLevel
-from workers.constants import MAX_TOP_K
-from workers.entrypoint import run_command
-from workers.errors import FleetError
-from workers.settings import FleetSettings
+from workers.core.access import AccessLevel
+from workers.core.constants import MAX_TOP_K
+from workers.core.entrypoint import run_command
+from workers.core.errors import FleetError
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger("producer")
 
@@ -267,7 +267,7 @@ def _run_keys_revoke(args: argparse.Namespace, settings: FleetSettings) -> int:
 def _connection(settings: FleetSettings):
     from contextlib import closing
 
-    from workers.stores import postgres
+    from workers.core.stores import postgres
 
     return closing(postgres.connect(settings))
 

@@ -9,11 +9,11 @@ from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher,
 from producer.evaluate import evaluate, load_cases
 from producer.index import serving_version
 from workers import reconciler
-from workers.access import AccessLevel
-from workers.constants import RATE_WINDOW_S
+from workers.core.access import AccessLevel
+from workers.core.constants import RATE_WINDOW_S
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, milvus, postgres, progress
 from workers.embedding import resolve_model
-from workers.settings import FleetSettings
-from workers.stores import catalog, milvus, postgres, progress
 
 
 def dispatcher_for(settings: FleetSettings) -> Dispatcher:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from producer.lookalike import distance, key_form, level_named, levels_named_in, words
 from producer.safe_yaml import MAX_YAML_BYTES, load_mapping
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
 
 LEVEL_KEY = "access_level"
 FOLDER_RULES = ".fleet.yaml"

@@ -12,12 +12,13 @@ from typing import Protocol
 import psycopg
 from tqdm import tqdm
 
-from workers import sending
-from workers.contracts import EmbedTask
-from workers.errors import ServiceUnavailable
-from workers.settings import FleetSettings
-from workers.stores import progress
-from workers.stores.catalog import IndexVersion
+from workers.core import sending
+from workers.core.broker import broker_app
+from workers.core.contracts import EmbedTask
+from workers.core.errors import ServiceUnavailable
+from workers.core.settings import FleetSettings
+from workers.core.stores import progress
+from workers.core.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ class CeleryDispatcher:
     """Enqueue on the broker; `wait` polls Postgres until nothing is pending."""
 
     def __init__(self, settings: FleetSettings):
-        from workers.celery_app import create_app
-
-        self.app = create_app(settings)
+        self.app = broker_app(settings)
         self.task_chunks = settings.task_chunks
         self.stall_after_s = settings.stuck_after_s
         self.unsent = 0

@@ -16,8 +16,8 @@ from pathlib import Path
 from producer.declarations import Claim, Declaration, claims, head, named_in_metadata
 from producer.levels import Place, decide
 from producer.parsers import PARSER_VERSION, ParsedDocument, parser_for
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
 
 # What a terminal or a log would act on rather than show: C0 and C1 controls, and the
 # bidirectional overrides and isolates that reorder a line (a name must not forge output).

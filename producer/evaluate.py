@@ -12,10 +12,10 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.search import encoder_for, search
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
-from workers.stores import milvus
-from workers.stores.catalog import IndexVersion
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
+from workers.core.stores import milvus
+from workers.core.stores.catalog import IndexVersion
 
 RANK_CUTOFF = 10
 CHUNKS_SEARCHED = 50

@@ -13,10 +13,10 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workers import reconciler
-from workers.broker import queue_depth
-from workers.constants import EMBED_QUEUE, RATE_WINDOW_S
-from workers.settings import FleetSettings
-from workers.stores import catalog, outbox, postgres, progress
+from workers.core.broker import queue_depth
+from workers.core.constants import EMBED_QUEUE, RATE_WINDOW_S
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, outbox, postgres, progress
 
 
 class FleetCollector(Collector):

@@ -9,12 +9,12 @@ import logging
 import psycopg
 from pymilvus import MilvusClient
 
-from workers.constants import STATE_LIVE
+from workers.core.constants import STATE_LIVE
+from workers.core.errors import ConfigError, InvalidInput
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, milvus
+from workers.core.stores.catalog import IndexVersion
 from workers.embedding.model_info import ModelInfo
-from workers.errors import ConfigError, InvalidInput
-from workers.settings import FleetSettings
-from workers.stores import catalog, milvus
-from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
 

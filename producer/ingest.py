@@ -21,11 +21,11 @@ from producer.index import ensure_live_version
 from producer.intake import Intake, Prepared
 from producer.registry import claim_root, fingerprints, register, remove_documents
 from producer.walk import Walk
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, outbox
 from workers.embedding.model_info import ModelInfo, resolve_model
-from workers.errors import InvalidInput
-from workers.settings import FleetSettings
-from workers.stores import catalog, outbox
 
 log = logging.getLogger(__name__)
 

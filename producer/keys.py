@@ -15,8 +15,8 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import class_row
 
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
 
 KEY_PREFIX = "fk_"
 KEY_BYTES = 32

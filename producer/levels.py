@@ -24,8 +24,8 @@ spellings of a level or of the key are the same words to a reader, so they are t
 from dataclasses import dataclass
 
 from producer.declarations import LEVEL_KEY, Claim, Declaration
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
 
 
 class LevelRefused(InvalidInput):

@@ -13,7 +13,7 @@ import unicodedata
 from functools import cache
 from itertools import pairwise
 
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
 
 # Folded level names (`director_only`), highest first, and the level each names.
 _LEVEL_WORDS = {level.name: level for level in sorted(AccessLevel, reverse=True)}

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from producer.chunking import Chunk
 from producer.documents import Document
-from workers.stores import catalog, outbox
+from workers.core.stores import catalog, outbox
 
 Status = Literal["new", "changed", "unchanged"]
 

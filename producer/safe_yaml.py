@@ -13,7 +13,7 @@ import math
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from workers.errors import InvalidInput
+from workers.core.errors import InvalidInput
 
 MAX_YAML_BYTES = 64 * 1024
 # Nodes after expanding every alias: far above any real metadata, far below a bomb.

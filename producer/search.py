@@ -7,13 +7,13 @@ import numpy as np
 import psycopg
 from pymilvus import MilvusClient
 
-from workers.access import AccessLevel
-from workers.constants import MAX_TOP_K
+from workers.core.access import AccessLevel
+from workers.core.constants import MAX_TOP_K
+from workers.core.errors import InvalidInput
+from workers.core.stores import milvus
+from workers.core.stores.catalog import IndexVersion
 from workers.embedding import Encoder, load_encoder
 from workers.embedding.base import fit_dimension
-from workers.errors import InvalidInput
-from workers.stores import milvus
-from workers.stores.catalog import IndexVersion
 
 
 @dataclass(frozen=True)

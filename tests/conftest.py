@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests import services
-from workers.settings import FleetSettings
+from workers.core.settings import FleetSettings
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN_TOOL = REPO / "ops" / "bench" / "make_qwen3_model.py"

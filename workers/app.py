@@ -9,10 +9,10 @@ import sys
 from pydantic import ValidationError
 
 from workers.celery_app import create_app
+from workers.core.entrypoint import describe_invalid_settings
+from workers.core.errors import ConfigError
+from workers.core.settings import FleetSettings
 from workers.embedding import resolve_model
-from workers.entrypoint import describe_invalid_settings
-from workers.errors import ConfigError
-from workers.settings import FleetSettings
 
 try:
     settings = FleetSettings()

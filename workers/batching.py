@@ -7,7 +7,7 @@ length and packed, longest first, while the cost stays within the budget.
 
 from collections.abc import Sequence
 
-from workers.errors import ChunkTooLong
+from workers.core.errors import ChunkTooLong
 
 
 def plan_batches(lengths: Sequence[int], budget: int, packed: bool = False) -> list[list[int]]:

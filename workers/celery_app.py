@@ -13,13 +13,15 @@ import signal
 from celery import Celery, signals
 
 from workers import metrics
-from workers.constants import EMBED_QUEUE, EMBED_TASK
-from workers.contracts import EmbedTask
+from workers.core.broker import broker_app
+from workers.core.constants import EMBED_TASK
+from workers.core.contracts import EmbedTask
+from workers.core.errors import ServiceUnavailable
+from workers.core.failures import is_outage
+from workers.core.settings import FleetSettings
 from workers.embedding import resolve_model
 from workers.engine import EmbedEngine
-from workers.errors import ConfigError, ServiceUnavailable, is_outage
 from workers.reconciler import Reconciler
-from workers.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +37,9 @@ def retry_delay(retries: int, outage: bool) -> int:
 
 
 def create_app(settings: FleetSettings) -> Celery:
-    """The fleet's Celery app; the producer uses it to send, workers to consume."""
-    if settings.broker_url is None:
-        raise ConfigError("FLEET_BROKER_URL is not set: set it (e.g. redis://127.0.0.1:6379/0) to run workers")
-    app = Celery("fleet", broker=settings.broker_url.get_secret_value(), set_as_current=False)
+    """The worker's Celery app: the senders' app (`broker_app`), how a worker consumes, the task."""
+    app = broker_app(settings)
     app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=EMBED_QUEUE,
-        task_routes={EMBED_TASK: {"queue": EMBED_QUEUE}},
-        # Longer than any prefetch + run time, else Redis redelivers work still in progress. Lost
-        # work does not wait for it: the reconciler sends it again. Kombu sweeps for such tasks
-        # every 10 s × throttle (10 by default: 100 s); sweep every 10 s. Socket timeouts make a
-        # Redis that stopped answering an error instead of a hang.
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            "unacked_restore_throttle": 1,
-            "socket_timeout": settings.redis_timeout_s,
-            "socket_connect_timeout": settings.redis_timeout_s,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        },
-        broker_connection_timeout=settings.redis_timeout_s,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a broker outage is waited out
         # Threads, not prefork: CUDA breaks in forked children, and the engine merges the
         # tasks that the pool's threads hold into full batches.
         worker_pool="threads",
@@ -70,7 +48,6 @@ def create_app(settings: FleetSettings) -> Celery:
         worker_soft_shutdown_timeout=60,
         worker_enable_soft_shutdown_on_idle=True,
         worker_send_task_events=True,
-        task_send_sent_event=True,
     )
     _register_embed_task(app, settings)
     return app

@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from workers.entrypoint import run_command
-from workers.settings import FleetSettings
+from workers.core.entrypoint import run_command
+from workers.core.settings import FleetSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +40,8 @@ def inspect_worker(settings: FleetSettings, model: str) -> dict:
     """Load `model` as a worker would (probing attention) and embed one passage."""
     import torch
 
+    from workers.core.errors import ConfigError
     from workers.embedding import load_encoder
-    from workers.errors import ConfigError
 
     try:
         encoder = load_encoder(model, settings.device, settings.attention)

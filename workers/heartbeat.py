@@ -10,9 +10,9 @@ import os
 import threading
 from collections.abc import Callable
 
+from workers.core.settings import FleetSettings
+from workers.core.stores import postgres
 from workers.holdings import Holdings
-from workers.settings import FleetSettings
-from workers.stores import postgres
 
 log = logging.getLogger(__name__)
 

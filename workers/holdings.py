@@ -14,7 +14,7 @@ request objects are read instead.
 
 from collections.abc import Callable, Iterable
 
-from workers.constants import EMBED_TASK
+from workers.core.constants import EMBED_TASK
 
 # (chunk ids, send time) of each task held.
 Held = Iterable[tuple[list[str], float | None]]

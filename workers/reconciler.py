@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from celery import Celery
 
-from workers import sending
-from workers.broker import queue_depth
-from workers.settings import FleetSettings
-from workers.stores import milvus, outbox, postgres
+from workers.core import sending
+from workers.core.broker import queue_depth
+from workers.core.settings import FleetSettings
+from workers.core.stores import milvus, outbox, postgres
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from producer.documents import Document  # noqa: E402
 from producer.registry import register  # noqa: E402
 from tests import services  # noqa: E402
 from tests.textgen import document  # noqa: E402
-from workers.access import AccessLevel  # noqa: E402
-from workers.constants import STATE_BUILDING  # noqa: E402
+from workers.core.access import AccessLevel  # noqa: E402
+from workers.core.constants import STATE_BUILDING  # noqa: E402
+from workers.core.settings import FleetSettings  # noqa: E402
+from workers.core.stores import catalog, milvus, postgres  # noqa: E402
+from workers.core.stores.catalog import IndexVersion  # noqa: E402
 from workers.embedding.model_info import ModelInfo  # noqa: E402
 from workers.embedding.tokenizer import load_token_counter  # noqa: E402
-from workers.settings import FleetSettings  # noqa: E402
-from workers.stores import catalog, milvus, postgres  # noqa: E402
-from workers.stores.catalog import IndexVersion  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

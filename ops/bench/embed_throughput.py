@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_PG, drive, load_chunks, log, make_chunks, milvus_server, new_version, scratch_database
 
 from workers.batching import plan_batches
+from workers.core.sending import make_tasks
+from workers.core.settings import FleetSettings
 from workers.embedding import load_encoder, resolve_model
 from workers.embedding.simulated import SimulatedEncoder
 from workers.engine import EmbedEngine
-from workers.sending import make_tasks
-from workers.settings import FleetSettings
 
 H100_BF16_DENSE_FLOPS = 989e12
 

@@ -133,9 +133,9 @@ def run_worker(encoder, model: str, texts: list[str], scratch: Path, budget: int
     """The worker pipeline in this process against an embedded Postgres and a Milvus Lite file."""
     from common import drive, load_chunks, new_version
 
+    from workers.core.sending import make_tasks
+    from workers.core.settings import FleetSettings
     from workers.engine import EmbedEngine
-    from workers.sending import make_tasks
-    from workers.settings import FleetSettings
 
     os.environ.pop("FLEET_DATABASE_URL", None)
     settings = FleetSettings(_env_file=None, data_dir=scratch / "fleet", model=model, batch_tokens=budget)

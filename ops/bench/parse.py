@@ -34,9 +34,9 @@ from producer.intake import Intake, Prepared  # noqa: E402
 from producer.parsers import parser_for  # noqa: E402
 from tests.docgen import PdfPage, html_page, write_docx, write_pdf  # noqa: E402
 from tests.textgen import document  # noqa: E402
-from workers.access import AccessLevel  # noqa: E402
+from workers.core.access import AccessLevel  # noqa: E402
+from workers.core.settings import FleetSettings  # noqa: E402
 from workers.embedding.model_info import resolve_model  # noqa: E402
-from workers.settings import FleetSettings  # noqa: E402
 
 LINE_CHARS = 95
 LINES_PER_PAGE = 48

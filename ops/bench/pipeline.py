@@ -25,9 +25,9 @@ from common import DEFAULT_PG, REPO, load_chunks, milvus_server, new_version, pe
 
 from producer.dispatch import CeleryDispatcher
 from tests import services
+from workers.core.settings import FleetSettings
+from workers.core.stores import postgres
 from workers.embedding import resolve_model
-from workers.settings import FleetSettings
-from workers.stores import postgres
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from producer.chunking import ChunkLimits, chunk_text  # noqa: E402
 from producer.declarations import read_front_matter  # noqa: E402
-from workers.access import AccessLevel  # noqa: E402
+from workers.core.access import AccessLevel  # noqa: E402
 from workers.embedding import load_encoder, resolve_model  # noqa: E402
 from workers.embedding.tokenizer import load_token_counter  # noqa: E402
 

@@ -25,8 +25,8 @@ import itertools
 
 from migrations import commands as migrate
 from producer import commands
-from workers.access import AccessLevel
-from workers.settings import FleetSettings
+from workers.core.access import AccessLevel
+from workers.core.settings import FleetSettings
 
 
 def main() -> int:

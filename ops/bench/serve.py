@@ -34,10 +34,10 @@ import httpx
 from common import DEFAULT_PG, REPO, free_port, log, milvus_server, scratch_database
 
 from producer import commands, keys
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
+from workers.core.settings import FleetSettings
+from workers.core.stores import postgres
 from workers.embedding import load_encoder
-from workers.settings import FleetSettings
-from workers.stores import postgres
 
 WARM_UP = 20
 

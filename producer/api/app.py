@@ -22,8 +22,8 @@ from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.routes import router
 from producer.api.service import QueryService
 from producer.api.stores import as_unavailable
-from workers.errors import ConfigError, InvalidInput, ServiceUnavailable
-from workers.settings import FleetSettings
+from workers.core.errors import ConfigError, InvalidInput, ServiceUnavailable
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 

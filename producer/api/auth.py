@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from producer import keys
 from producer.api.stores import Stores
 from producer.keys import Caller
-from workers.errors import ServiceUnavailable
+from workers.core.errors import ServiceUnavailable
 
 # The promise: a revoked key is refused within 10 s.
 STALE_AFTER_S = 10.0

@@ -16,9 +16,9 @@ from producer.api.embedder import use_cpu_threads
 from producer.api.stores import Stores, describe
 from producer.index import NOTHING_INDEXED, version_behind_alias
 from producer.search import encoder_for
+from workers.core.stores import milvus
+from workers.core.stores.catalog import IndexVersion
 from workers.embedding import Encoder
-from workers.stores import milvus
-from workers.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
 

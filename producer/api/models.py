@@ -9,11 +9,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from producer.search import check_text
-from workers.errors import InvalidInput
+from workers.core.errors import InvalidInput
 
-# The four levels of workers.access.AccessLevel, in order (a unit test keeps them equal).
+# The four levels of workers.core.access.AccessLevel, in order (a unit test keeps them equal).
 LevelName = Literal["public", "employee_only", "manager_only", "director_only"]
-# /v1/search's limit (the CLI's, workers.constants.MAX_TOP_K, is higher).
+# /v1/search's limit (the CLI's, workers.core.constants.MAX_TOP_K, is higher).
 API_MAX_TOP_K = 100
 
 

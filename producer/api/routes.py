@@ -22,7 +22,7 @@ from producer.api.models import (
 )
 from producer.api.service import QueryService
 from producer.keys import Caller
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
 from workers.embedding.base import fit_dimension
 
 router = APIRouter()

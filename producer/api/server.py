@@ -9,8 +9,8 @@ import socket
 import uvicorn
 
 from producer.api.app import create_app
-from workers.errors import ConfigError
-from workers.settings import FleetSettings
+from workers.core.errors import ConfigError
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def serve(settings: FleetSettings, host: str, port: int) -> None:
         create_app(settings),
         host=host,
         port=port,
-        log_config=None,  # ours (workers.logs); uvicorn's access log only at DEBUG: metrics count requests
+        log_config=None,  # ours (workers.core.logs); uvicorn's access log only at DEBUG: metrics count requests
         access_log=settings.log_level == "DEBUG",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

@@ -27,9 +27,9 @@ from producer.api.live import Live, LiveIndex
 from producer.api.metrics import ApiMetrics
 from producer.api.stores import Stores, as_unavailable, describe
 from producer.search import SearchHit, search_vectors
-from workers.access import AccessLevel
-from workers.errors import InvalidInput, ServiceUnavailable
-from workers.settings import FleetSettings
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput, ServiceUnavailable
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 

@@ -11,31 +11,33 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pymilvus import MilvusClient
 
-from workers.errors import ServiceUnavailable
-from workers.settings import FleetSettings
-from workers.stores import milvus, postgres
+from workers.core import failures
+from workers.core.errors import ServiceUnavailable
+from workers.core.settings import FleetSettings
+from workers.core.stores import milvus, postgres
 
 log = logging.getLogger(__name__)
 
 # Connections held at most: the search thread, the key and index pollers, readiness checks.
 POOL_SIZE = 4
-_STORE_OF_LIBRARY = {"psycopg": "Postgres", "psycopg_pool": "Postgres", "pymilvus": "Milvus", "grpc": "Milvus"}
 
 
 def as_unavailable(err: BaseException) -> ServiceUnavailable | None:
-    """`err` as the outage of a store it comes from, or None when it is not a store's error."""
+    """`err` as a reason to answer 503: the service cannot answer while a store it needs fails,
+    whatever the failure's class (`failures.explain` says which store and why); None when the
+    error is not a store's."""
     if isinstance(err, ServiceUnavailable):
         return err
-    store = _STORE_OF_LIBRARY.get(type(err).__module__.split(".")[0])
-    if store is None:
+    if failures.service_of(err) is None:
         return None
-    reason = str(getattr(err, "message", None) or err).strip().splitlines()
-    return ServiceUnavailable(f"{store} is unavailable ({reason[0] if reason else type(err).__name__})")
+    unavailable = ServiceUnavailable(failures.explain(err))
+    unavailable.__cause__ = err
+    return unavailable
 
 
 def describe(err: BaseException) -> str:
-    """One line for an error: the store's outage, or the error's type and message."""
-    return str(as_unavailable(err) or f"{type(err).__name__}: {err}")
+    """One line for an error: which store failed and why, or the error's type and message."""
+    return failures.explain(err) if failures.service_of(err) else f"{type(err).__name__}: {err}"
 
 
 class Stores:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from producer.declarations import Declaration
-from workers.errors import InvalidInput
+from workers.core.errors import InvalidInput
 
 SECTION_SEPARATOR = " > "
 # C0 controls other than tab and newline, and the non-characters some PDF producers emit.

@@ -3,8 +3,8 @@
 
 from contextlib import closing
 
-from workers.access import AccessLevel
-from workers.stores import catalog, milvus, postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import catalog, milvus, postgres
 
 
 def stored_levels(settings) -> dict[str, set[int]]:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.textgen import document
-from workers.stores import postgres
+from workers.core.stores import postgres
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from producer import commands
 from producer.search import encoder_for
-from workers.access import AccessLevel
-from workers.stores import catalog, milvus, postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import catalog, milvus, postgres
 
 VOCABULARY = [
     "leave",

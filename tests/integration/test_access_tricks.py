@@ -16,8 +16,8 @@ from producer.walk import Walk
 from tests.docgen import PdfPage, write_docx, write_pdf
 from tests.integration.access import stored_levels, visible_at
 from tests.integration.conftest import cli_env, run_cli
-from workers.access import AccessLevel
-from workers.stores import postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import postgres
 
 WELCOME = "Welcome to Sao Mai. The cafeteria opens at seven every weekday morning."
 SECRET = "The board plans to acquire Blue River Freight in the third quarter for nine hundred billion dong."

@@ -9,12 +9,13 @@ import pytest
 
 from producer import commands
 from tests.integration.conftest import write_corpus
+from workers.core.errors import DeviceOutOfMemory, ServiceUnavailable
+from workers.core.sending import make_tasks
+from workers.core.stores import catalog, milvus, postgres, progress
 from workers.embedding import load_encoder
 from workers.embedding.fake import FakeEncoder
-from workers.engine import STARVING_CLAIM_CHUNKS, EmbedEngine
-from workers.errors import DeviceOutOfMemory, ServiceUnavailable
-from workers.sending import make_tasks
-from workers.stores import catalog, milvus, postgres, progress
+from workers.engine import EmbedEngine
+from workers.engine.claim import STARVING_CLAIM_CHUNKS
 
 
 class RecordingEncoder(FakeEncoder):
@@ -169,13 +170,13 @@ def test_out_of_memory_splits_the_batch_and_shrinks_the_budget(settings, pending
     engine.close()
     assert result.embedded == len(ids)
     assert max(encoder.batches) <= 5
-    assert engine.budget < settings.batch_tokens
+    assert engine.budget.tokens < settings.batch_tokens
 
 
 def test_chunks_over_a_shrunken_budget_still_embed(settings, pending):
     version, ids = pending
     engine = EmbedEngine(settings, encoder_loader=lambda *_: RecordingEncoder(load_encoder("fake:64").info))
-    engine.budget = 8  # as after many OOMs: below every chunk's length, but the configured limit is not
+    engine.budget.tokens = 8  # as after many OOMs: below every chunk's length, but the configured limit is not
     (result,) = [f.result(timeout=60) for f in [engine.submit(make_tasks(version.id, ids, len(ids))[0])]]
     engine.close()
     assert (result.embedded, result.failed) == (len(ids), 0)

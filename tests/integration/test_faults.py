@@ -19,8 +19,8 @@ from producer import commands
 from tests.integration.conftest import cli_env, run_cli, run_json
 from tests.integration.faults import ClosableDatabase, MilvusServer, RedisServer, Workers, counts, wait_until
 from tests.textgen import document
-from workers.access import AccessLevel
-from workers.stores import catalog, milvus, outbox, postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import catalog, milvus, outbox, postgres
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from producer.dispatch import CeleryDispatcher
 from tests import services
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, cli_env, run_cli, run_json, write_corpus
-from workers import schema
-from workers.stores import catalog, milvus, postgres
+from workers.core import schema
+from workers.core.stores import catalog, milvus, postgres
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 from producer import commands
 from tests.docgen import PdfPage, html_page, write_docx, write_pdf
-from workers.access import AccessLevel
-from workers.stores import catalog, milvus, postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import catalog, milvus, postgres
 
 PAYROLL = "Payroll is transferred on the twenty-fifth day of every month to the registered account."
 BONUS = "The annual bonus pool for senior managers is eleven percent of operating profit."

@@ -6,9 +6,9 @@ import pytest
 
 from producer import commands
 from tests.integration.conftest import CORPUS, write_corpus
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
-from workers.stores import catalog, milvus, postgres, progress
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
+from workers.core.stores import catalog, milvus, postgres, progress
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from producer import commands
 from producer import ingest as ingesting
 from producer.walk import Walk
 from tests.integration.access import stored_levels
-from workers.access import AccessLevel
-from workers.stores import postgres
+from workers.core.access import AccessLevel
+from workers.core.stores import postgres
 
 LEVELS = list(AccessLevel)
 PUBLIC = AccessLevel.public

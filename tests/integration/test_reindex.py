@@ -13,13 +13,13 @@ import pytest
 from migrations import commands as migrate
 from producer import commands
 from tests.integration.conftest import cli_env, run_cli, run_json, write_corpus
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
+from workers.core.sending import make_tasks
+from workers.core.stores import catalog, milvus, postgres, progress
 from workers.embedding import load_encoder
 from workers.embedding.base import fit_dimension
 from workers.engine import EmbedEngine
-from workers.errors import InvalidInput
-from workers.sending import make_tasks
-from workers.stores import catalog, milvus, postgres, progress
 
 QUERY = "When does the cafeteria open?"
 

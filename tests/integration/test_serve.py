@@ -30,10 +30,10 @@ from producer.search import query_vector
 from tests import services
 from tests.conftest import PG_ADMIN_URL, free_port, wait_for_port
 from tests.integration.conftest import CORPUS, REPO, cli_env, run_cli, run_json, write_corpus
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
+from workers.core.settings import FleetSettings
+from workers.core.stores import catalog, postgres
 from workers.embedding import load_encoder
-from workers.settings import FleetSettings
-from workers.stores import catalog, postgres
 
 LEVELS = AccessLevel.names()
 # A quote from each document of the corpus (the fake model is lexical: a quote finds its document).

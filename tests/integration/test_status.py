@@ -6,9 +6,9 @@ import pytest
 
 from producer import commands
 from tests.integration.conftest import write_corpus
+from workers.core.stores import postgres, progress
 from workers.heartbeat import Heartbeat
 from workers.holdings import Holdings
-from workers.stores import postgres, progress
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 
 from workers.batching import plan_batches
-from workers.errors import ChunkTooLong
+from workers.core.errors import ChunkTooLong
 
 
 @pytest.mark.parametrize(

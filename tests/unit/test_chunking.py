@@ -7,9 +7,9 @@ import pytest
 from producer.chunking import ChunkLimits, chunk_text
 from producer.ingest import chunk_limits
 from tests.textgen import document, run_on
+from workers.core.settings import FleetSettings
 from workers.embedding.model_info import resolve_model
 from workers.embedding.tokenizer import load_token_counter
-from workers.settings import FleetSettings
 
 LIMITS = ChunkLimits(500, 1000)
 

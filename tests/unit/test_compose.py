@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workers.settings import FleetSettings
+from workers.core.settings import FleetSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

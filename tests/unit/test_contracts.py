@@ -1,7 +1,7 @@
 import pytest
 
-from workers.contracts import EmbedResult, EmbedTask
-from workers.errors import InvalidInput
+from workers.core.contracts import EmbedResult, EmbedTask
+from workers.core.errors import InvalidInput
 
 
 def test_task_round_trips_through_kwargs():

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from workers.core.errors import ConfigError
 from workers.embedding import load_encoder, resolve_model
 from workers.embedding.base import fit_dimension
-from workers.errors import ConfigError
 
 TEXTS = [
     "Nhân viên được hưởng mười hai ngày nghỉ phép có lương mỗi năm.",

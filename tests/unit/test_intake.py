@@ -13,7 +13,7 @@ from producer.intake import Intake, Prepared, prepare
 from producer.levels import Place
 from tests.docgen import PdfPage, html_page, write_docx, write_pdf
 from tests.textgen import ENGLISH
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
 from workers.embedding.model_info import resolve_model
 
 LIMITS = ChunkLimits(20, 60)

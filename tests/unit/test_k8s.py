@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from workers.constants import EMBED_QUEUE
-from workers.settings import FleetSettings
+from workers.core.constants import EMBED_QUEUE
+from workers.core.settings import FleetSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "ops" / "k8s"

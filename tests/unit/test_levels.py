@@ -16,8 +16,8 @@ from producer.declarations import (
 from producer.levels import LevelRefused, Place, decide
 from producer.lookalike import fold, level_named, levels_named_in
 from producer.safe_yaml import YamlRefused, load_mapping
-from workers.access import AccessLevel
-from workers.errors import InvalidInput
+from workers.core.access import AccessLevel
+from workers.core.errors import InvalidInput
 
 PUBLIC_FOLDER = Declaration(".fleet.yaml", AccessLevel.public)
 

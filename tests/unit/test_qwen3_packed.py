@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from workers.core.errors import ConfigError, DeviceOutOfMemory
 from workers.embedding import attention, load_encoder
 from workers.embedding.base import fit_dimension
 from workers.embedding.model_info import ModelInfo, resolve_model
 from workers.embedding.qwen3_packed import PackedQwen3Encoder, supports
-from workers.errors import ConfigError, DeviceOutOfMemory
 
 POLICY_VI = (
     "Nhân viên chính thức được hưởng mười hai ngày nghỉ phép có lương mỗi năm, cộng thêm một ngày cho mỗi "

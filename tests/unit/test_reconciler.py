@@ -1,11 +1,9 @@
-"""The reconciler's planner (which pending chunks lost their task) and what counts as an outage."""
+"""The reconciler's planner: which pending chunks lost their task."""
 
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 
-from workers.errors import ServiceUnavailable, is_outage
 from workers.reconciler import ORDER_MARGIN_S, cutoffs
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -33,23 +31,3 @@ def test_a_recent_consumed_message_never_shortens_the_grace():
 def test_without_a_consumed_message_nothing_sent_counts_as_lost_while_the_queue_may_hold_it(depth):
     limits = cutoffs(NOW, consumed_sent_at=None, queue_depth=depth, resend_after_s=AFTER)
     assert limits.sent_before < NOW - timedelta(days=365)
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        ServiceUnavailable("down"),
-        ConnectionRefusedError(111, "refused"),
-        psycopg.OperationalError("connection failed"),
-        RuntimeError("wrapped").with_traceback(None),
-    ],
-)
-def test_outages_are_recognised_also_through_their_cause(error):
-    if type(error) is RuntimeError:
-        error.__cause__ = TimeoutError("timed out")
-    assert is_outage(error)
-
-
-@pytest.mark.parametrize("error", [ValueError("bad input"), RuntimeError("CUDA error: illegal memory access")])
-def test_other_failures_are_not_outages(error):
-    assert not is_outage(error)

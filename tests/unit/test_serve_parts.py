@@ -14,10 +14,10 @@ from producer.api.batching import MicroBatcher
 from producer.api.embedder import EmbedItem, VectorCache, as_query, embed_batch
 from producer.api.models import EmbeddingsRequest, LevelName, SearchRequest
 from producer.api.stores import as_unavailable
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
+from workers.core.errors import ServiceUnavailable
+from workers.core.settings import FleetSettings
 from workers.embedding import load_encoder
-from workers.errors import ServiceUnavailable
-from workers.settings import FleetSettings
 
 # -- micro-batching ---------------------------------------------------------------------------------
 

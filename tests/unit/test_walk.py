@@ -11,7 +11,7 @@ import pytest
 
 from producer.walk import Walk
 from tests.permissions import without_root_powers
-from workers.access import AccessLevel
+from workers.core.access import AccessLevel
 
 
 def write(path: Path, text: str = "text") -> Path:

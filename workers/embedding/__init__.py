@@ -6,9 +6,9 @@
 import logging
 
 from workers import metrics
+from workers.core.errors import ConfigError
 from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo, resolve_model
-from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.core.errors import ConfigError
 from workers.embedding.model_info import ModelInfo
-from workers.errors import ConfigError
 
 
 class Encoder(ABC):

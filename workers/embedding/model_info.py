@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 # `fake[:DIM]`: hashed bag of words (tests). `null[:DIM][@TOKENS_PER_S]`: constant vectors, at no
 # cost or at a simulated device speed (benchmarks, fault tests).

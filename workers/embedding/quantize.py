@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import nn
 
-from workers.constants import QUANTIZE_MODES
-from workers.errors import ConfigError
+from workers.core.constants import QUANTIZE_MODES
+from workers.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers import metrics
+from workers.core.errors import ConfigError, DeviceOutOfMemory
 from workers.embedding import attention
 from workers.embedding.attention import Choice, Packing
 from workers.embedding.model_info import ModelInfo
 from workers.embedding.sentence_transformer import SentenceTransformerEncoder
-from workers.errors import ConfigError, DeviceOutOfMemory
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
+from workers.core.errors import DeviceOutOfMemory
 from workers.embedding import quantize as quantization
 from workers.embedding.attention import Choice
 from workers.embedding.base import Encoder
 from workers.embedding.model_info import ModelInfo
-from workers.errors import DeviceOutOfMemory
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.stores.catalog import IndexVersion
-from workers.stores.progress import PendingChunk
+from workers.core.stores.catalog import IndexVersion
+from workers.core.stores.progress import PendingChunk
 
 
 @dataclass

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import psycopg
 
-from workers import schema
-from workers.errors import ServiceUnavailable
-from workers.settings import FleetSettings
+from workers.core import schema
+from workers.core.errors import ServiceUnavailable
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 

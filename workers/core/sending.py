@@ -12,10 +12,11 @@ import logging
 import psycopg
 from celery import Celery
 
-from workers.constants import EMBED_QUEUE, EMBED_TASK
-from workers.contracts import EmbedTask
-from workers.errors import ServiceUnavailable, is_outage
-from workers.stores import progress
+from workers.core.constants import EMBED_QUEUE, EMBED_TASK
+from workers.core.contracts import EmbedTask
+from workers.core.errors import ServiceUnavailable
+from workers.core.failures import is_outage
+from workers.core.stores import progress
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from enum import IntEnum
 
-from workers.errors import InvalidInput
+from workers.core.errors import InvalidInput
 
 
 class AccessLevel(IntEnum):

@@ -10,12 +10,9 @@ FleetError
       ├── ChunkTooLong         a chunk over the token budget of one forward pass
       └── QualityGateFailed    a new index version scores worse than the live one
 
-`is_outage` also recognises the client libraries' own errors for an unreachable or timed-out
-service: an outage is waited out however long it lasts, and never counts against a chunk.
+What an error of ours or of a client library means to a caller (an outage to wait out, worth one
+more try, or permanent) is decided in one place: `workers.core.failures.classify`.
 """
-
-# Words of pymilvus and gRPC errors that mean "the server is not there (yet)".
-_UNREACHABLE = ("fail connecting", "unavailable", "deadline", "timed out", "timeout", "connection refused")
 
 
 class FleetError(Exception):
@@ -52,22 +49,3 @@ class ChunkTooLong(PermanentError):
 
 class QualityGateFailed(PermanentError):
     """A re-index refused to cut over: the new version retrieves worse than the live one."""
-
-
-def is_outage(error: BaseException | None) -> bool:
-    """True when `error` (or what caused it) says a backing service could not be reached in time."""
-    while error is not None:
-        if isinstance(error, ServiceUnavailable | ConnectionError | TimeoutError):
-            return True
-        library = type(error).__module__.split(".")[0]
-        if library == "psycopg":
-            import psycopg
-
-            if isinstance(error, psycopg.OperationalError):  # connection lost, refused, statement timeout
-                return True
-        elif library in ("redis", "kombu", "amqp"):
-            return "connection" in type(error).__name__.lower() or "timeout" in type(error).__name__.lower()
-        elif library in ("pymilvus", "grpc") and any(word in str(error).lower() for word in _UNREACHABLE):
-            return True
-        error = error.__cause__ or error.__context__
-    return False

@@ -9,7 +9,7 @@ from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from workers.contracts import EmbedResult, EmbedTask
+from workers.core.contracts import EmbedResult, EmbedTask
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
-from workers.constants import COLLECTION_PREFIX, STATE_BUILDING, STATE_LIVE
+from workers.core.constants import COLLECTION_PREFIX, STATE_BUILDING, STATE_LIVE
 
 
 @dataclass(frozen=True)

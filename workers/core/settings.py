@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 

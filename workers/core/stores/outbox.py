@@ -11,7 +11,7 @@ import logging
 import psycopg
 from pymilvus import MilvusClient
 
-from workers.stores import catalog, milvus
+from workers.core.stores import catalog, milvus
 
 log = logging.getLogger(__name__)
 

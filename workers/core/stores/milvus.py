@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from workers.access import AccessLevel
-from workers.constants import LIVE_ALIAS, MILVUS_UPSERT_ROWS
-from workers.errors import ServiceUnavailable
-from workers.settings import FleetSettings
+from workers.core.access import AccessLevel
+from workers.core.constants import LIVE_ALIAS, MILVUS_UPSERT_ROWS
+from workers.core.errors import ServiceUnavailable
+from workers.core.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ since it was enqueued is embedded as it is now, or skipped if it is gone.
 import re
 from dataclasses import dataclass, field
 
-from workers.errors import InvalidInput
+from workers.core.errors import InvalidInput
 
 CHUNK_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -14,7 +14,7 @@ from importlib import resources
 
 import psycopg
 
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 _FILE = re.compile(r"(\d{4})_(\w+)\.sql")
 # Any fixed number: it names the lock that serialises concurrent `migrate db` runs.

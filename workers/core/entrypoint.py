@@ -13,11 +13,11 @@ import sys
 
 from pydantic import ValidationError
 
-from workers.errors import ConfigError, FleetError, InvalidInput
-from workers.logs import configure_logging
-from workers.settings import FleetSettings
+from workers.core.errors import ConfigError, FleetError, InvalidInput
+from workers.core.failures import Failure, classify, explain, service_of
+from workers.core.logs import configure_logging
+from workers.core.settings import FleetSettings
 
-_SERVICE_LIBRARIES = {"psycopg": "Postgres", "pymilvus": "Milvus", "redis": "Redis", "kombu": "the broker"}
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -55,12 +55,13 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except Exception as err:
         # A backing service that failed mid-command (restart, network): say so, without a traceback.
-        service = _SERVICE_LIBRARIES.get(type(err).__module__.split(".")[0])
-        if service is None:
+        if service_of(err) is None:
             raise
-        print(
-            f"{where}: error: {service} failed ({err}); check that it is up and run the command again", file=sys.stderr
-        )
+        advice = {
+            Failure.OUTAGE: "check that it is up and run the command again",
+            Failure.RETRY_ONCE: "run the command again",
+        }.get(classify(err), "run the command again; if it fails the same way, report it with this line")
+        print(f"{where}: error: {explain(err)}; {advice}", file=sys.stderr)
         return EXIT_FAILURE
 
 

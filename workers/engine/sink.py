@@ -1,0 +1,79 @@
+"""The sink stage: vectors into Milvus in bulk, then the chunks marked embedded in Postgres.
+
+Only then are the tasks whose chunks are all stored resolved (the ledger counts them down), so a
+task is acknowledged after its chunks are in both stores, even when they were split across
+batches. A chunk deleted by a re-ingest while it was embedded leaves no vector behind: its
+deletion goes through the outbox in the same transaction as the marks.
+"""
+
+import queue
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from workers import metrics
+from workers.core.failures import is_outage
+from workers.core.stores import milvus, outbox, progress
+from workers.engine.ledger import Ledger
+from workers.engine.messages import Embedded, Failed, chunk_ids_of
+from workers.engine.pipeline import STOP, drain
+from workers.engine.resources import Resources
+
+SINK_ROWS = 2048
+
+
+class Sink:
+    def __init__(
+        self, resources: Resources, ledger: Ledger, inbox: queue.Queue, abort: Callable[[Any, Exception | None], None]
+    ):
+        self.resources = resources
+        self.ledger = ledger
+        self.inbox = inbox
+        self.abort = abort
+        self.chunks_done = 0
+
+    def __call__(self, first: Embedded | Failed) -> None:
+        items, stop_seen = drain(self.inbox, first, SINK_ROWS, lambda item: len(chunk_ids_of(item)[1]))
+        try:
+            for item in items:
+                if isinstance(item, Failed):
+                    metrics.FAILURES.labels(item.kind).inc(len(item.chunk_ids))
+                    conn = self.resources.conn("sink")
+                    progress.record_failure(conn, item.version.id, item.chunk_ids, item.kind, item.error)
+                    self.ledger.failed(item.version.id, item.chunk_ids)
+            self._store([item for item in items if isinstance(item, Embedded)])
+        except Exception as err:
+            if is_outage(err):
+                self.resources.drop_vectors()
+            for item in items:
+                self.abort(item, err)
+        if stop_seen:
+            self.inbox.put(STOP)
+
+    def _store(self, items: list[Embedded]) -> None:
+        by_version: dict[int, list[Embedded]] = defaultdict(list)
+        for item in items:
+            by_version[item.version.id].append(item)
+        for version_items in by_version.values():
+            version = version_items[0].version
+            rows = [
+                milvus.VectorRow(chunk.id, chunk.document_id, chunk.access_level, vector)
+                for item in version_items
+                for chunk, vector in zip(item.chunks, item.vectors, strict=True)
+            ]
+            client = self.resources.collection(version)
+            with metrics.SINK_SECONDS.labels("milvus").time():
+                milvus.upsert(client, version.collection, rows)
+            ids = [row.chunk_id for row in rows]
+            conn = self.resources.conn("sink")
+            with metrics.SINK_SECONDS.labels("postgres").time(), conn.transaction():
+                marked = progress.mark_embedded(conn, version.id, ids)
+                # A chunk deleted by a re-ingest while we embedded it: its vector must not stay
+                # behind. The outbox row commits with the marks, so a failed delete is retried.
+                orphans = [chunk_id for chunk_id in ids if chunk_id not in marked]
+                outbox.add(conn, orphans, "deleted while it was embedded")
+            if orphans:
+                outbox.apply_if_possible(conn, client)
+            self.ledger.stored(version.id, ids, marked)
+            self.chunks_done += len(marked)
+            metrics.CHUNKS_EMBEDDED.inc(len(marked))
