@@ -22,10 +22,11 @@ from tests.integration.conftest import REPO
 class RedisServer:
     """A redis-server that keeps nothing on disk: killed and started again, it comes back empty."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *options: str):
         require(shutil.which("redis-server") is not None, "redis-server is not installed")
         self.folder = folder
         self.port = free_port()
+        self.options = options  # more redis-server options
         self.process: subprocess.Popen | None = None
 
     @property
@@ -34,6 +35,7 @@ class RedisServer:
 
     def start(self) -> None:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += self.options
         log = (self.folder / "redis.log").open("a")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
         wait_for_port(self.port, process=self.process)

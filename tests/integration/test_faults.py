@@ -162,6 +162,23 @@ def test_redis_killed_and_restarted_empty(fleet, redis_server, tmp_path):
     recovers_from(fleet, tmp_path, restart_empty, "Redis restarted empty")
 
 
+def test_redis_down_during_an_ingest_exits_0_and_its_chunks_are_embedded_once_it_is_back(fleet, redis_server, tmp_path):
+    settings, workers = fleet
+    workers.start("w1", **QUICK_RECONCILER)
+    redis_server.kill()  # the broker is out for the whole ingest, and the worker loses it too
+    result = run_cli(cli_env(settings), "producer", "ingest", str(write_documents(tmp_path / "docs")), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["chunks_enqueued"] == 0
+    assert report["chunks_unsent"] > 0 and "broker" in " ".join(report["warnings"])
+    url = settings.database_url.get_secret_value()
+    assert counts(url)["pending"] == report["chunks_unsent"]
+    redis_server.start()
+    back = time.monotonic()
+    assert wait_until(lambda: counts(url)["embedded"] == report["chunks_unsent"], 180), counts(url)
+    print(f"Redis down during the ingest: every chunk embedded {time.monotonic() - back:.0f}s after it was back")
+    assert_whole(settings)
+
+
 def test_postgres_closed_to_clients_mid_run(fleet, closable_database, tmp_path):
     def close_15s() -> None:
         closable_database.close()
