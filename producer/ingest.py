@@ -18,7 +18,7 @@ from producer.chunking import ChunkLimits
 from producer.dispatch import Dispatcher, InProcessDispatcher, send_pending
 from producer.documents import Rejection, Source, Unchanged, printable
 from producer.index import ensure_live_version
-from producer.intake import Intake, Prepared
+from producer.intake import Bounds, Intake, Prepared
 from producer.registry import claim_root, fingerprints, register, remove_documents
 from producer.walk import Walk
 from workers.core.access import AccessLevel
@@ -92,7 +92,7 @@ def chunk_limits(settings: FleetSettings, info: ModelInfo) -> tuple[ChunkLimits,
             f"model {info.name} reads at most {info.max_seq_length} tokens: chunks are limited to "
             f"{max_tokens} tokens instead of {settings.chunk_max_tokens}"
         )
-    return ChunkLimits(min_tokens, max_tokens), warning
+    return ChunkLimits(min_tokens, max_tokens, settings.chunk_max_chars), warning
 
 
 def ingest(
@@ -137,7 +137,8 @@ def ingest(
     )
     seen: set[str] = set()
     in_process = isinstance(dispatcher, InProcessDispatcher)
-    with Intake(settings.parse_workers, limits, info) as intake:
+    bounds = Bounds(settings.parse_memory_mb, settings.parse_timeout_s)
+    with Intake(settings.parse_workers, limits, info, bounds=bounds) as intake:
         for outcome in tqdm(intake.run(sources), desc="read", unit=" files", disable=None):
             report.files_seen += 1
             if isinstance(outcome, Prepared):

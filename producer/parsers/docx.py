@@ -14,8 +14,15 @@ from docx.text.paragraph import Paragraph
 
 from producer.parsers.base import Headings, ParsedDocument, ParseError, Parser, TextBuilder
 
-# The body XML a .docx may expand to: beyond this it is a zip bomb, not a document.
-MAX_BODY_BYTES = 512 * 2**20
+# What a .docx may expand to, checked on the zip's directory before anything is inflated: its
+# XML parts together (python-docx builds a tree of each: ~20x their size in memory), all its parts
+# (images included), how many parts, and how much any large part may be compressed (a real
+# document's XML inflates ~10x; a zip bomb's ~1000x).
+MAX_XML_BYTES = 128 * 2**20
+MAX_PACKAGE_BYTES = 1024 * 2**20
+MAX_PARTS = 10_000
+MAX_RATIO = 100
+_RATIO_FROM_BYTES = 2**20
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])", re.IGNORECASE)
 _NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 # Page header and footer lines kept for the level claims (producer.declarations).
@@ -39,15 +46,28 @@ class DocxParser(Parser):
 
 
 def _check_package(data: bytes) -> None:
+    """Every part bounded before any is inflated: a zip bomb is refused, whichever part it hides in."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as package:
-            body = next((info for info in package.infolist() if info.filename == "word/document.xml"), None)
+            parts = package.infolist()
     except zipfile.BadZipFile as err:
         raise ParseError(f"not a Word .docx file, or truncated ({err})") from err
-    if body is None:
+    if not any(part.filename == "word/document.xml" for part in parts):
         raise ParseError("not a Word .docx file (no word/document.xml inside)")
-    if body.file_size > MAX_BODY_BYTES:
-        raise ParseError(f"expands to {body.file_size / 2**20:.0f} MB of XML: refused as a zip bomb")
+    if len(parts) > MAX_PARTS:
+        raise ParseError(f"has {len(parts):,} parts (more than {MAX_PARTS:,}): refused as a zip bomb")
+    for part in parts:
+        if part.file_size > _RATIO_FROM_BYTES and part.file_size > MAX_RATIO * max(1, part.compress_size):
+            ratio = part.file_size / max(1, part.compress_size)
+            raise ParseError(
+                f"{part.filename} is compressed {ratio:,.0f}:1 (more than {MAX_RATIO}:1): refused as a zip bomb"
+            )
+    xml = sum(part.file_size for part in parts if part.filename.endswith((".xml", ".rels")))
+    if xml > MAX_XML_BYTES:
+        raise ParseError(f"expands to {xml / 2**20:,.0f} MB of XML (at most {MAX_XML_BYTES // 2**20} MB): refused")
+    total = sum(part.file_size for part in parts)
+    if total > MAX_PACKAGE_BYTES:
+        raise ParseError(f"expands to {total / 2**20:,.0f} MB (at most {MAX_PACKAGE_BYTES // 2**20} MB): refused")
 
 
 def _build(document) -> ParsedDocument:

@@ -36,11 +36,19 @@ class HtmlParser(Parser):
     def convert(self, data: bytes) -> ParsedDocument:
         if not data.strip():
             raise ParseError("empty HTML file")
-        parser = lxml.html.HTMLParser(encoding=sniff_encoding(data), remove_comments=False, remove_pis=True)
+        # huge_tree: no cut at 256 levels or 10 MB of text; what libxml2 still cannot read whole
+        # (deeper than 2,048 levels) is refused, never silently truncated.
+        parser = lxml.html.HTMLParser(
+            encoding=sniff_encoding(data), remove_comments=False, remove_pis=True, huge_tree=True
+        )
         try:
             root = lxml.html.document_fromstring(data, parser=parser)
         except (lxml.etree.ParserError, ValueError) as err:
             raise ParseError(f"HTML cannot be parsed ({err})") from err
+        cut = next((error for error in parser.error_log if error.type_name == "ERR_RESOURCE_LIMIT"), None)
+        if cut is not None:
+            limit = cut.message.split(", use XML_PARSE_HUGE")[0]
+            raise ParseError(f"HTML cannot be read whole ({limit}, line {cut.line}): nothing of it was kept")
         title = " ".join(root.findtext(".//title", "").split())
         head = unread_lines(root)
         head += _drop_chrome(root)[: _MAX_UNREAD_LINES - len(head)]
@@ -134,14 +142,27 @@ class _Walker:
         self._inline: list[str] = []
 
     def read(self, root) -> None:
-        """The text inside `root` (not the text after it, which belongs to its parent)."""
+        """The text inside `root` (not the text after it, which belongs to its parent), in
+        document order; iterative, since a page may nest thousands of elements deep."""
         if root.text:
             self._inline.append(root.text)
-        for child in root:
-            self.walk(child)
+        stack: list[tuple[object, bool]] = [(child, False) for child in reversed(root)]
+        while stack:
+            element, closing = stack.pop()
+            if closing:  # after its children: the end of a block, then the text after it
+                if element.tag in _BLOCK_TAGS:
+                    self._flush()
+                self._tail(element)
+            elif self._enter(element):
+                stack.append((element, True))
+                stack.extend((child, False) for child in reversed(element))
+            else:
+                self._tail(element)
         self._flush()
 
-    def walk(self, element) -> None:
+    def _enter(self, element) -> bool:
+        """Take in `element`'s own text; True when its children are to be read (then its end
+        is handled as a block's where it is one), False when it was read whole."""
         tag = element.tag if isinstance(element.tag, str) else ""
         if tag in _HEADINGS:
             self._flush()
@@ -155,15 +176,14 @@ class _Walker:
             self._flush()
             self.builder.add(element.text_content(), section=self.headings.path)
         else:
-            block = tag in _BLOCK_TAGS
-            if block:
+            if tag in _BLOCK_TAGS:
                 self._flush()
             if element.text:
                 self._inline.append(element.text)
-            for child in element:
-                self.walk(child)
-            if block:
-                self._flush()
+            return True
+        return False
+
+    def _tail(self, element) -> None:
         if element.tail:
             self._inline.append(element.tail)
 

@@ -35,6 +35,20 @@ def decode_text(data: bytes) -> str:
     return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+_BLOCKS_ONLY = MarkdownIt("commonmark").disable("inline")
+
+
+def _line_offsets(text: str, lines: list[int]) -> list[int]:
+    """The offsets in `text` where the given (ascending, 0-based) lines begin."""
+    offsets, line, offset = [], 0, 0
+    for wanted in lines:
+        while line < wanted:
+            offset = text.index("\n", offset) + 1
+            line += 1
+        offsets.append(offset)
+    return offsets
+
+
 class PlainTextParser(Parser):
     suffixes = (".txt",)
 
@@ -53,15 +67,16 @@ class MarkdownParser(Parser):
 
 def heading_marks(body: str) -> list[Mark]:
     """A mark at each heading line, with the path of headings down to it."""
-    line_starts = [0]
-    for line in body.splitlines(keepends=True):
-        line_starts.append(line_starts[-1] + len(line))
-    tokens = MarkdownIt("commonmark").parse(body)
+    # Blocks only: a heading's text is its inline token's raw content, and inline parsing would
+    # make a token of every word and dash of the document (14 million for 20 MB of `ab-`).
+    tokens = _BLOCKS_ONLY.parse(body)
+    found = [(token.map[0], int(token.tag[1]), tokens[index + 1].content)
+             for index, token in enumerate(tokens) if token.type == "heading_open" and token.map]  # fmt: skip
+    del tokens
     headings, marks = Headings(), []
-    for index, token in enumerate(tokens):
-        if token.type == "heading_open" and token.map:
-            headings.enter(int(token.tag[1]), tokens[index + 1].content)
-            marks.append(Mark(line_starts[token.map[0]], None, headings.path))
+    for offset, (_, level, title) in zip(_line_offsets(body, [line for line, _, _ in found]), found, strict=True):
+        headings.enter(level, title)
+        marks.append(Mark(offset, None, headings.path))
     if marks and marks[0].offset > 0:
         marks.insert(0, Mark(0, None, None))  # text before the first heading has no section
     return marks

@@ -177,20 +177,19 @@ def test_a_file_swapped_for_a_link_while_the_ingest_runs_is_not_read(settings, t
     docs = tmp_path / "docs"
     write(docs / "a.md", WELCOME)
     write(docs / "b.md", WELCOME)
-    for number in range(8):  # read after b.md was walked, before it is read (the intake reads ahead)
-        write(docs / f"c{number}.md", WELCOME)
+    write(docs / "c.md", WELCOME)
     write(tmp_path / "passwd", "root:x:0:0:root:/root:/bin/bash\n")
 
     class Swapping(Walk):
         def documents(self):
             for found in super().documents():
-                yield found
-                if found.name == "c0.md":
+                if found.name == "b.md":  # the walk has seen the file; the reader has not yet
                     (docs / "b.md").unlink()
                     (docs / "b.md").symlink_to(tmp_path / "passwd")
+                yield found
 
     monkeypatch.setattr(ingesting, "Walk", Swapping)
-    report = commands.ingest(settings.model_copy(update={"parse_workers": 1}), docs, AccessLevel.public, wait=False)
+    report = commands.ingest(settings, docs, AccessLevel.public, wait=False)
     assert {r.path: r.reason for r in report.rejected}["b.md"].startswith("changed while it was read")
     with closing(postgres.connect(settings)) as conn:
         texts = " ".join(text for (text,) in conn.execute("SELECT text FROM chunks"))

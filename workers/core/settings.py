@@ -38,9 +38,16 @@ class FleetSettings(BaseSettings):
 
     chunk_min_tokens: int = Field(500, ge=1)
     chunk_max_tokens: int = Field(1000, ge=16)
-    parse_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Processes that parse PDF, Word and HTML."
+    chunk_max_chars: int = Field(
+        8000, ge=200, description="Longest chunk in characters: text without spaces is cut here, whatever its tokens."
     )
+    parse_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Processes that read, parse and chunk files."
+    )
+    parse_memory_mb: int = Field(
+        2048, ge=256, description="Address space each parse process may use; a file needing more is refused."
+    )
+    parse_timeout_s: float = Field(300.0, gt=0, description="Longest time one file may take to read; then refused.")
     max_file_mb: float = Field(200, gt=0, description="Larger files are refused, not read.")
     task_chunks: int = Field(32, ge=1, description="Chunks carried by one embed task.")
     worker_concurrency: int = Field(32, ge=1, description="Tasks a worker holds at once to fill batches.")

@@ -12,6 +12,8 @@ from tokenizers import Tokenizer
 from workers.embedding.model_info import ModelInfo
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# Texts tokenized in one call: few enough that the encodings of one call stay small.
+_BATCH = 256
 
 
 class TokenCounter:
@@ -29,7 +31,12 @@ class TokenCounter:
         """Tokens the model reads for each text, special tokens included."""
         if self._tokenizer is None:
             return [len(_WORD.findall(text)) + 1 for text in texts]
-        return [len(enc.ids) for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
+        # Without offsets where this tokenizers release can (0.20+): a quarter faster.
+        encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        counts = []
+        for start in range(0, len(texts), _BATCH):
+            counts += [len(enc.ids) for enc in encode(texts[start : start + _BATCH], add_special_tokens=True)]
+        return counts
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids with special tokens (word hashes for the word counter)."""
@@ -37,19 +44,19 @@ class TokenCounter:
             return [[hash(word) & 0xFFFF for word in _WORD.findall(text)] + [0] for text in texts]
         return [enc.ids for enc in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
 
-    def split(self, text: str, max_tokens: int) -> list[str]:
-        """Cut `text` into pieces of at most `max_tokens` tokens (special tokens counted), at token edges."""
-        room = max(1, max_tokens - self.special_tokens)
+    def windows(self, text: str, room: int) -> list[tuple[int, int, int]]:
+        """Consecutive spans (start, end, tokens) of `text`, cut at token edges, each of at most
+        `room` tokens (special tokens not counted), covering it from its first token to its end."""
+        room = max(1, room)
         if self._tokenizer is None:
             spans = [match.span() for match in _WORD.finditer(text)]
         else:
-            spans = [span for span in self._tokenizer.encode(text, add_special_tokens=False).offsets]
-        pieces = []
-        for start in range(0, len(spans), room):
-            window = spans[start : start + room]
-            end = spans[start + room][0] if start + room < len(spans) else len(text)
-            pieces.append(text[window[0][0] : end])
-        return [piece for piece in pieces if piece.strip()]
+            spans = self._tokenizer.encode(text, add_special_tokens=False).offsets
+        windows = []
+        for first in range(0, len(spans), room):
+            end = spans[first + room][0] if first + room < len(spans) else len(text)
+            windows.append((spans[first][0], end, len(spans[first : first + room])))
+        return windows
 
 
 @cache
