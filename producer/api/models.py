@@ -1,12 +1,13 @@
 """Request and response bodies of the query service (they are also its OpenAPI schema at /docs).
 
 Requests are strict: a wrong type is a 422, never coerced (`"top_k": "5"` is refused). Sizes that
-depend on settings (query length, number of inputs) are checked by the routes (413).
+depend on settings (query length, number of inputs) are checked by the routes (413), and so is
+`dimensions` against the live index's; openapi.py writes those limits into the schema.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from producer.search import check_text
 from workers.core.errors import InvalidInput
@@ -27,13 +28,32 @@ def _valid_unicode(text: str) -> str:
 
 # A string as JSON can carry it but a tokenizer cannot take it: refused with 422.
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+# "Not blank" as the schema states it: a character that is not whitespace. The validator below
+# enforces it in Python's meaning of whitespace (str.isspace), which is what `\S` means to the
+# Python-based schema tools; pydantic's own `pattern` would use Rust's, which differs (U+001C).
+NOT_BLANK = r"\S"
+
+
+def _whole(value: object) -> object:
+    # JSON has one number type: 5.0 is the integer 5 to JSON Schema, and so here. Anything else
+    # (2.5, "5", true) is left for the strict check to refuse.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema counts them: 5 or 5.0, never "5" or true.
+Integer = Annotated[int, BeforeValidator(_whole)]
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: Text = Field(description="What to search for.", examples=["How many days of annual leave do I get?"])
-    top_k: int = Field(10, ge=1, le=API_MAX_TOP_K, description="Hits to return, best first.")
+    query: Text = Field(
+        min_length=1,
+        description="What to search for: some text that is not only whitespace.",
+        examples=["How many days of annual leave do I get?"],
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
+    top_k: Integer = Field(10, ge=1, le=API_MAX_TOP_K, description="Hits to return, best first.")
     level: LevelName | None = Field(
         None, description="Search as this level; at most the key's own (higher: 403). Default: the key's level."
     )
@@ -81,7 +101,10 @@ class EmbeddingsRequest(BaseModel):
     model: str | None = Field(
         None, description="Accepted for client compatibility; the live index's model always embeds (see `model`)."
     )
-    dimensions: int | None = Field(None, ge=1, description="Truncate and renormalise to this many (<= the live dim).")
+    # The bound inside the optional (a bound on `X | None` cannot be stated in the schema).
+    dimensions: Annotated[int, Field(ge=1), BeforeValidator(_whole)] | None = Field(
+        None, description="Truncate and renormalise to this many (at most the live index's dimension)."
+    )
     encoding_format: Literal["float", "base64"] = "float"
     input_type: Literal["document", "query"] = Field(
         "document", description="`query` applies the model's query prompt, as `/v1/search` does."
@@ -123,6 +146,12 @@ class Info(BaseModel):
     index: IndexInfo | None = Field(description="The live index the service follows; null before the first ingest.")
     levels: list[LevelName]
     version: str = Field(description="Version of the service (the embedding-fleet package).")
+
+
+class ErrorBody(BaseModel):
+    """Every error: a sentence, or (422 from validation) where and why each problem is."""
+
+    detail: str | list[dict[str, Any]]
 
 
 class Health(BaseModel):

@@ -12,6 +12,7 @@ from producer.api.auth import caller
 from producer.api.models import (
     EmbeddingsRequest,
     EmbeddingsResponse,
+    ErrorBody,
     Health,
     IndexInfo,
     Info,
@@ -27,12 +28,17 @@ from workers.embedding.base import fit_dimension
 
 router = APIRouter()
 
-_ERRORS = {
-    401: {"description": "Missing, wrong or revoked API key"},
-    413: {"description": "Too long a text, too many inputs, or a body over FLEET_API_MAX_BODY_BYTES"},
-    422: {"description": "Malformed JSON, a wrong type or a value out of range"},
-    503: {"description": "A store is unavailable or no index is live yet; the reason is in `detail`"},
+_ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Missing, wrong or revoked API key",
+        413: "Too long a text, too many inputs or tokens, or a body over FLEET_API_MAX_BODY_BYTES",
+        422: "Malformed JSON, a wrong type or a value out of range",
+        503: "A store is down, no index is live yet, or the live one cannot be loaded; the reason is in `detail`",
+    }.items()
 }
+_FORBIDDEN = {"model": ErrorBody, "description": "`level` above the key's own level"}
+_TOO_MANY = {"model": ErrorBody, "description": "The key has too many tokens of embeddings in flight: retry later"}
 
 
 def _service(request: Request) -> QueryService:
@@ -47,13 +53,15 @@ def _check_lengths(service: QueryService, texts: list[str]) -> None:
     limit = service.settings.api_max_query_chars
     longest = max(len(text) for text in texts)
     if longest > limit:
-        raise _too_large(f"a text of {longest} characters is over the limit of {limit} (FLEET_API_MAX_QUERY_CHARS)")
+        raise _too_large(
+            f"a text of {longest} characters is over the limit of {limit} (FLEET_API_MAX_QUERY_CHARS): shorten it"
+        )
 
 
 @router.post(
     "/v1/search",
     tags=["query"],
-    responses={**_ERRORS, 403: {"description": "`level` above the key's own level"}},
+    responses={**_ERRORS, 403: _FORBIDDEN},
 )
 async def search(body: SearchRequest, request: Request, who: Annotated[Caller, Depends(caller)]) -> SearchResponse:
     """The chunks nearest to `query` among those the key (or the lower `level` asked) may read."""
@@ -67,15 +75,23 @@ async def search(body: SearchRequest, request: Request, who: Annotated[Caller, D
     return {"hits": [vars(hit) for hit in hits], "index": live.describe()}  # type: ignore[return-value]
 
 
-@router.post("/v1/embeddings", tags=["query"], responses=_ERRORS, dependencies=[Depends(caller)])
-async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
-    """OpenAI-compatible embeddings by the live index's model (inputs as documents unless `input_type` is query)."""
+@router.post("/v1/embeddings", tags=["query"], responses={**_ERRORS, 429: _TOO_MANY})
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, who: Annotated[Caller, Depends(caller)]
+) -> EmbeddingsResponse:
+    """OpenAI-compatible embeddings by the live index's model (inputs as documents unless `input_type` is query).
+
+    Served after every search waiting; at most FLEET_API_MAX_REQUEST_TOKENS tokens per request
+    (413), and FLEET_API_MAX_KEY_TOKENS_IN_FLIGHT per key being computed at once (429)."""
     service = _service(request)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > service.settings.api_max_inputs:
-        raise _too_large(f"{len(texts)} inputs is over the limit of {service.settings.api_max_inputs}")
+        raise _too_large(
+            f"{len(texts)} inputs is over the limit of {service.settings.api_max_inputs} (FLEET_API_MAX_INPUTS): "
+            "send them in several requests"
+        )
     _check_lengths(service, texts)
-    live, embedded = await service.embed(texts, body.input_type, body.dimensions)
+    live, embedded = await service.embed(who.name, texts, body.input_type, body.dimensions)
     encode = body.encoding_format
     data = [
         {"object": "embedding", "index": index, "embedding": _encode(item.vector, body.dimensions, encode)}
@@ -131,7 +147,12 @@ async def info(request: Request) -> Info:
     )
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ import socket
 import uvicorn
 
 from producer.api.app import create_app
+from producer.api.protocol import bounded_http
 from workers.core.errors import ConfigError
 from workers.core.settings import FleetSettings
 
@@ -16,7 +17,6 @@ log = logging.getLogger(__name__)
 
 # Seconds given to requests in flight when the service is stopped (Kubernetes allows 30).
 GRACEFUL_SHUTDOWN_S = 10
-KEEP_ALIVE_S = 75
 
 
 def serve(settings: FleetSettings, host: str, port: int) -> None:
@@ -37,7 +37,11 @@ def serve(settings: FleetSettings, host: str, port: int) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         # Longer than the idle timeout of the load balancers in front (60 s is common): an idle
         # connection is closed by them, never under a request they are forwarding.
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=settings.api_keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes a float too
+        # httptools, with the bounds on headers that uvicorn lacks (protocol.py); the h11 limit
+        # too, should anyone run the app under uvicorn's h11 protocol instead.
+        http=bounded_http(settings.api_max_header_bytes, settings.api_header_timeout_s),
+        h11_max_incomplete_event_size=settings.api_max_header_bytes,
     )
     # pymilvus and the pool log a traceback per failed call during an outage; the service says it once.
     for name in ("pymilvus", "pymilvus.milvus_client", "psycopg.pool"):

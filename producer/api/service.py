@@ -4,6 +4,10 @@ the two micro-batchers (the model's forward passes; Milvus searches and the Post
 Routes call `search` and `embed`; both take the live pair once, at the start of a request. A
 search is `producer search`'s own: the query embedded with the version's model and prompt and
 fitted to its dimension, then `producer.search.search_vectors` — only batched with others.
+
+The model's passes have two lanes: searches first, bulk embeddings after. A search waits for at
+most the pass already running (FLEET_API_BATCH_TOKENS), never for the embeddings queued; bulk
+requests are counted in tokens, bounded per request and per key in flight (budget.py).
 """
 
 import asyncio
@@ -15,6 +19,7 @@ import numpy as np
 
 from producer.api.auth import KeyRing
 from producer.api.batching import MicroBatcher
+from producer.api.budget import TokenBudget
 from producer.api.embedder import (
     Embedded,
     EmbedItem,
@@ -22,6 +27,7 @@ from producer.api.embedder import (
     as_query,
     embed_batch,
     estimated_tokens,
+    token_ids,
 )
 from producer.api.live import Live, LiveIndex
 from producer.api.metrics import ApiMetrics
@@ -37,6 +43,11 @@ log = logging.getLogger(__name__)
 SEARCH_BATCH = 64
 WARM_TEXTS = ["warm-up", "What is the annual leave policy?", "Chính sách nghỉ phép năm"]
 WARM_TIMEOUT_S = 600.0
+# The model's lanes: a search's pass goes before every bulk embedding waiting.
+SEARCH_LANE, BULK_LANE = 0, 1
+# A text's place in the cache: (index version, "query" or "document", text).
+CacheKey = tuple[int, str, str]
+Found = dict[CacheKey, Embedded | None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +73,9 @@ class QueryService:
             cost=estimated_tokens,
             wait_s=settings.api_batch_wait_ms / 1000,
             on_batch=metrics.batch_observer("embed"),
+            lanes=2,
         )
+        self.budget = TokenBudget(settings.api_max_request_tokens, settings.api_max_key_tokens_in_flight)
         self.searcher: MicroBatcher[SearchItem, list[SearchHit]] = MicroBatcher(
             "search",
             self._search_batch,
@@ -78,8 +91,8 @@ class QueryService:
         """Keep the keys fresh from now on; load the live model before serving, then follow it."""
         self._tasks = [asyncio.create_task(self._poll(self.keys.refresh, "reading API keys"))]
         # A model can take long to load (a download): the keys go on being read meanwhile.
-        await self._poll_once(self.live.tick, "following the live index")
-        self._tasks.append(asyncio.create_task(self._poll(self.live.tick, "following the live index", first=False)))
+        await self._poll_once(self._follow_live, "following the live index")
+        self._tasks.append(asyncio.create_task(self._poll(self._follow_live, "following the live index", first=False)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -108,13 +121,18 @@ class QueryService:
             if self._problems.pop(what, None):
                 log.info("%s: recovered", what)
 
+    def _follow_live(self) -> None:
+        try:
+            self.live.tick()
+        finally:
+            self.metrics.behind.set(1 if self.live.behind else 0)
+
     # -- what routes call -----------------------------------------------------------------------
 
     def current(self) -> Live:
-        live = self.live.current
-        if live is None:
-            raise ServiceUnavailable(f"no index to serve yet: {self.live.problem}")
-        return live
+        """The pair to answer with; 503 with the reason when there is none, or when the live
+        version could not be loaded (the previous one no longer receives new chunks)."""
+        return self.live.serving()
 
     async def search(self, query: str, level: AccessLevel, top_k: int) -> tuple[Live, list[SearchHit]]:
         live = self.current()
@@ -122,29 +140,39 @@ class QueryService:
         hits = await self.searcher.run_many([SearchItem(live, embedded.vector, level, top_k)])
         return live, hits[0]
 
-    async def embed(self, texts: list[str], kind: str, dimensions: int | None) -> tuple[Live, list[Embedded]]:
+    async def embed(
+        self, caller: str, texts: list[str], kind: str, dimensions: int | None
+    ) -> tuple[Live, list[Embedded]]:
+        """Bulk embeddings for the key named `caller`: counted in tokens (413, 429 over the
+        budgets), then embedded in the bulk lane, behind every search."""
         live = self.current()
         if dimensions is not None and dimensions > live.version.dim:
             raise InvalidInput(f"dimensions {dimensions} is above the live index's {live.version.dim}")
-        return live, await self.vectors(live, texts, kind)
+        keys, found, missing = self._cached(live, texts, kind)
+        read = [self._as_read(live, key[2], kind) for key in missing]
+        # Counted before anything waits for the model: a refusal costs the tokenizer only.
+        ids = await asyncio.to_thread(token_ids, live.encoder, read)
+        tokens = {key: embedded.tokens for key, embedded in found.items() if embedded is not None}
+        tokens |= {key: len(sequence) for key, sequence in zip(missing, ids, strict=True)}
+        with self.budget.hold(caller, sum(tokens[key] for key in keys)):
+            dim = live.version.dim
+            items = [EmbedItem(live.encoder, dim, text, sequence) for text, sequence in zip(read, ids, strict=True)]
+            await self._fill(found, missing, items, BULK_LANE)
+        return live, [found[key] for key in keys]  # type: ignore[misc]
 
     async def vectors(self, live: Live, texts: list[str], kind: str) -> list[Embedded]:
-        """Each text's vector in the live version's space: from the cache, else embedded in a batch."""
-        keys = [(live.version.id, kind, text) for text in texts]
-        found = {key: self.cache.get(key) for key in keys}
-        missing = [key for key, vector in found.items() if vector is None]  # a text repeated is embedded once
-        self.metrics.cache_hits.inc(len(found) - len(missing))
-        self.metrics.cache_misses.inc(len(missing))
-        if missing:
-            items = [EmbedItem(live.encoder, live.version.dim, self._as_read(live, key[2], kind)) for key in missing]
-            for key, embedded in zip(missing, await self.embedder.run_many(items), strict=True):
-                found[key] = embedded
-                self.cache.put(key, embedded)
+        """Each text's vector in the live version's space: from the cache, else embedded in the
+        search lane."""
+        keys, found, missing = self._cached(live, texts, kind)
+        items = [EmbedItem(live.encoder, live.version.dim, self._as_read(live, key[2], kind)) for key in missing]
+        await self._fill(found, missing, items, SEARCH_LANE)
         return [found[key] for key in keys]  # type: ignore[misc]
 
     def ready(self) -> list[str]:
         """Why the service cannot answer now (blocking: asks both stores)."""
         problems = [] if self.live.current else [f"no model loaded: {self.live.problem}"]
+        if self.live.behind:
+            problems.append(self.live.behind)
         if not (self.embedder.alive and self.searcher.alive):
             problems.append("a batch thread has stopped")
         try:
@@ -154,6 +182,23 @@ class QueryService:
         return problems + self.stores.check()
 
     # -- inside -----------------------------------------------------------------------------------
+
+    def _cached(self, live: Live, texts: list[str], kind: str) -> tuple[list[CacheKey], Found, list[CacheKey]]:
+        """The cache keys of `texts`, what the cache holds for each, and the keys it lacks (a text
+        repeated is embedded once)."""
+        keys = [(live.version.id, kind, text) for text in texts]
+        found = {key: self.cache.get(key) for key in keys}
+        missing = [key for key, vector in found.items() if vector is None]
+        self.metrics.cache_hits.inc(len(found) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        return keys, found, missing
+
+    async def _fill(self, found: Found, missing: list[CacheKey], items: list[EmbedItem], lane: int) -> None:
+        """Embed `items` (the texts of `missing`) in `lane`; record them in `found` and the cache."""
+        if missing:
+            for key, embedded in zip(missing, await self.embedder.run_many(items, lane), strict=True):
+                found[key] = embedded
+                self.cache.put(key, embedded)
 
     @staticmethod
     def _as_read(live: Live, text: str, kind: str) -> str:

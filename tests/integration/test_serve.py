@@ -49,8 +49,14 @@ FAST_POLL = {"FLEET_API_POLL_S": "0.5", "FLEET_API_STORE_TIMEOUT_S": "2"}
 # -- the service process --------------------------------------------------------------------------
 
 
+class ServiceURL(str):
+    """The service's base URL, and its process id (for the tests that look at its memory)."""
+
+    pid: int
+
+
 @contextmanager
-def running_service(settings: FleetSettings, log: Path, meanwhile=lambda: None, **env: str) -> Iterator[str]:
+def running_service(settings: FleetSettings, log: Path, meanwhile=lambda: None, **env: str) -> Iterator[ServiceURL]:
     """`producer serve` on a free port, ready (model loaded, stores answering); yields its URL.
 
     `meanwhile()` runs while the service starts (an ingest: the service waits for an index)."""
@@ -62,7 +68,8 @@ def running_service(settings: FleetSettings, log: Path, meanwhile=lambda: None, 
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = ServiceURL(f"http://127.0.0.1:{port}")
+    url.pid = process.pid
     try:
         meanwhile()
         wait_for_port(port, timeout=120, process=process)
@@ -106,12 +113,11 @@ def sources(response: httpx.Response) -> set[str]:
 # -- one service for most tests ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack(pg_admin, tmp_path_factory) -> Iterator[dict]:
-    """A database and a Milvus Lite server with the corpus ingested (fake model), a key per level,
-    and the service running on them."""
-    root = tmp_path_factory.mktemp("serve")
-    name = f"fleet_test_serve_{os.getpid()}"
+@contextmanager
+def served_corpus(pg_admin, root: Path, model: str = "fake:64", **env: str) -> Iterator[dict]:
+    """A database and a Milvus Lite server with the corpus ingested (by `model`), a key per level,
+    and the service running on them (with `env`)."""
+    name = f"fleet_test_{root.name}_{os.getpid()}"
     pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     pg_admin.execute(f'CREATE DATABASE "{name}"')
     port = free_port()
@@ -126,7 +132,7 @@ def stack(pg_admin, tmp_path_factory) -> Iterator[dict]:
             data_dir=root / "fleet",
             database_url=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
             milvus_uri=f"http://127.0.0.1:{port}",
-            model="fake:64",
+            model=model,
             collect_ms=5,
             chunk_min_tokens=40,
             chunk_max_tokens=80,
@@ -136,13 +142,22 @@ def stack(pg_admin, tmp_path_factory) -> Iterator[dict]:
         commands.ingest(settings, write_corpus(root / "docs"), None, wait=False)
         with closing(postgres.connect(settings)) as conn:
             level_keys = {level: keys.create(conn, f"key-{level}", AccessLevel.parse(level)) for level in LEVELS}
-        with running_service(settings, root / "serve.log") as url:
+        with running_service(settings, root / "serve.log", **env) as url:
             yield {"url": url, "settings": settings, "keys": level_keys, "root": root}
     finally:
         os.environ.update(saved)
         milvus.terminate()
         milvus.wait(timeout=30)
         pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def stack(pg_admin, tmp_path_factory) -> Iterator[dict]:
+    """The corpus ingested with the fake model, a key per level, and the service running on them."""
+    # Below what 256 inputs can reach with the fake model (a token a word), so that it can be tested.
+    env = {"FLEET_API_MAX_REQUEST_TOKENS": "100000"}
+    with served_corpus(pg_admin, tmp_path_factory.mktemp("serve"), **env) as served:
+        yield served
 
 
 # -- keys and levels --------------------------------------------------------------------------------
@@ -265,6 +280,15 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": ["x", "y" * 2001]}, 413),
     ("/v1/embeddings", {"input": ["x"] * 257}, 413),
     ("/v1/embeddings", b'{"input": ["fine", "\\udcff"]}', 422),
+    # Malformed in ways Python's JSON reader does not call a syntax error: still malformed JSON.
+    ("/v1/search", b'{"query": "annual leave \xff\xfe"}', 422),
+    pytest.param("/v1/search", b"[" * 5000, 422, id="nested-too-deep"),
+    # NaN and Infinity are not JSON (Python's reader takes them): refused, and never echoed bare.
+    ("/v1/search", b'{"query": "x", "top_k": NaN}', 422),
+    ("/v1/embeddings", b'{"input": "x", "dimensions": Infinity}', 422),
+    ("/v1/embeddings", b'{"input": "x", "dimensions": -1e999}', 422),
+    # 256 inputs of 1,000 one-letter words: 256,256 tokens of the fake model, over the 100,000 set.
+    pytest.param("/v1/embeddings", {"input": ["a " * 1000] * 256}, 413, id="over-the-request-tokens"),
 ]
 
 
@@ -274,17 +298,31 @@ def test_bad_requests_get_4xx(stack, path, body, status):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = httpx.post(stack["url"] + path, headers=headers, content=content)
     assert response.status_code == status, response.text
-    assert response.json()["detail"]
+    assert_json_error(response)
+
+
+def assert_json_error(response: httpx.Response) -> None:
+    """An error as the README promises it: strict JSON `{"detail": ...}`, no bare NaN or Infinity."""
+    assert response.headers["content-type"] == "application/json", response.headers
+    assert json.loads(response.text, parse_constant=_not_json)["detail"], response.text
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"bare {constant} in an error body")
 
 
 def test_other_bad_requests_get_4xx_too(stack):
     url, headers = stack["url"], bearer(stack["keys"]["public"])
-    assert httpx.get(f"{url}/v1/search", headers=headers).status_code == 405
-    assert httpx.get(f"{url}/nowhere", headers=headers).status_code == 404
-    big = {"query": "x" * 1_000_001}
-    assert httpx.post(f"{url}/v1/search", headers=headers, json=big).status_code == 413
+    wrong_method = httpx.get(f"{url}/v1/search", headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    missing = httpx.get(f"{url}/nowhere", headers=headers)
+    assert missing.status_code == 404
+    big = httpx.post(f"{url}/v1/search", headers=headers, json={"query": "x" * 1_000_001})
+    assert big.status_code == 413 and "FLEET_API_MAX_BODY_BYTES" in big.json()["detail"]
     chunked = httpx.post(f"{url}/v1/search", headers=headers, content=iter([b" " * 400_000] * 3))
     assert chunked.status_code == 413
+    for response in (wrong_method, missing, big, chunked):
+        assert_json_error(response)
 
 
 def test_an_oversized_body_is_refused_before_it_is_sent(stack):
@@ -295,7 +333,9 @@ def test_an_oversized_body_is_refused_before_it_is_sent(stack):
             f"POST /v1/search HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {stack['keys']['public']}\r\n"
             f'Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{{"query": '.encode()
         )
-        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"content-type: application/json" in answer.lower() and b"FLEET_API_MAX_BODY_BYTES" in answer
 
 
 # -- embeddings, the OpenAI way --------------------------------------------------------------------

@@ -83,6 +83,25 @@ class FleetSettings(BaseSettings):
     # Bounded so that a revoked key is refused within 10 s (the poll also reloads the keys).
     api_poll_s: float = Field(2.0, gt=0, le=5, description="How often the live index version and the keys are read.")
     api_store_timeout_s: float = Field(5.0, gt=0, description="A store slower than this answers 503.")
+    # One client must not cost everyone: bulk embeddings are bounded per request and per key. A
+    # maximal request (256 inputs of 2,000 characters) of English or Vietnamese is 100-170k Qwen
+    # tokens: admitted; a key may have two in flight.
+    api_max_request_tokens: int = Field(
+        262_144, ge=1, description="Most tokens in one embeddings request (as the model counts them); more: 413."
+    )
+    api_max_key_tokens_in_flight: int = Field(
+        524_288, ge=1, description="Most embeddings tokens one key may have being computed at once; more: 429."
+    )
+    # The HTTP server's own bounds, before any request reaches the app.
+    api_max_header_bytes: int = Field(
+        16_384, ge=1024, description="Larger request headers are refused (431) and the connection closed."
+    )
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this of its first byte; else 408, closed."
+    )
+    api_keep_alive_s: float = Field(
+        75.0, gt=0, description="An idle keep-alive connection is closed after this (above the balancer's)."
+    )
 
     @model_validator(mode="after")
     def _chunk_bounds(self) -> "FleetSettings":

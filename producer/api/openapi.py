@@ -1,0 +1,53 @@
+"""The OpenAPI schema states every limit the routes enforce, so that a client (or a fuzzer) that
+follows it is never refused.
+
+Static constraints live on the models (`top_k` 1–100, `query` not blank, inputs not empty). The
+others depend on settings or on the live index, so they are written into FastAPI's schema each
+time it is served: the longest text (FLEET_API_MAX_QUERY_CHARS), the most inputs
+(FLEET_API_MAX_INPUTS), and the largest `dimensions` (the live index's dimension: it changes
+with a re-index, and the schema follows it).
+"""
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from workers.core.settings import FleetSettings
+
+Schema = dict[str, Any]
+
+
+class LimitedOpenAPI:
+    def __init__(self, app: FastAPI, settings: FleetSettings):
+        self.app = app
+        self.settings = settings
+        self._generate: Callable[[], Schema] = app.openapi  # FastAPI's, cached in app.openapi_schema
+
+    def install(self) -> None:
+        self.app.openapi = self.schema  # type: ignore[method-assign]
+
+    def schema(self) -> Schema:
+        """FastAPI's schema with the limits of these settings and of the live index now."""
+        schema = copy.deepcopy(self._generate())
+        models = schema["components"]["schemas"]
+        texts = {"maxLength": self.settings.api_max_query_chars}
+        models["SearchRequest"]["properties"]["query"].update(texts)
+        embeddings = models["EmbeddingsRequest"]["properties"]
+        for option in embeddings["input"]["anyOf"]:
+            if option["type"] == "array":
+                option["maxItems"] = self.settings.api_max_inputs
+                option["items"].update(texts)
+            else:
+                option.update(texts)
+        if (dim := self._live_dim()) is not None:
+            for option in embeddings["dimensions"]["anyOf"]:
+                if option["type"] == "integer":
+                    option["maximum"] = dim
+        return schema
+
+    def _live_dim(self) -> int | None:
+        service = getattr(self.app.state, "service", None)
+        live = service.live.current if service is not None else None
+        return live.version.dim if live is not None else None
