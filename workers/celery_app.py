@@ -17,7 +17,7 @@ from workers.core.broker import broker_app
 from workers.core.constants import EMBED_TASK
 from workers.core.contracts import EmbedTask
 from workers.core.errors import ServiceUnavailable
-from workers.core.failures import is_outage
+from workers.core.failures import Failure, classify, explain
 from workers.core.settings import FleetSettings
 from workers.embedding import resolve_model
 from workers.engine import EmbedEngine
@@ -70,12 +70,15 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
             error.__cause__ = err
         except Exception as err:
             error = err
-        # Every failure retries: an outage heals, a schema behind heals after `migrate db`, and a
-        # fault that never heals ends when its chunks exceed FLEET_MAX_ATTEMPTS deliveries and
-        # are recorded as failed — never dropped with the chunks left pending.
-        outage = is_outage(error)
-        delay = retry_delay(self.request.retries, outage)
-        log.warning("task for %d chunks failed (%s); retrying in %ds", len(chunk_ids), error, delay)
+        # Every failure retries: an outage heals (and spends no attempt), a schema behind heals
+        # after `migrate db`, and a fault that never heals ends when its chunks exceed
+        # FLEET_MAX_ATTEMPTS deliveries and are recorded as failed — never dropped with the
+        # chunks left pending.
+        failure = classify(error)
+        delay = retry_delay(self.request.retries, failure is Failure.OUTAGE)
+        log.warning(
+            "task for %d chunks failed (%s: %s); retrying in %ds", len(chunk_ids), failure, explain(error), delay
+        )
         raise self.retry(exc=error, countdown=delay)
 
     def shut_down() -> None:

@@ -10,6 +10,8 @@ import os
 import threading
 from collections.abc import Callable
 
+from workers import metrics
+from workers.core.failures import Failure, classify, explain
 from workers.core.settings import FleetSettings
 from workers.core.stores import postgres
 from workers.holdings import Holdings
@@ -40,6 +42,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._conn = None
+        self.problem: str | None = None  # why the last beat failed, unless it was an outage
 
     def start(self) -> "Heartbeat":
         self._thread.start()
@@ -70,8 +73,14 @@ class Heartbeat:
                     "consumed": self.holdings.consumed_sent_at,
                 },
             )
+            self.problem = None
         except Exception as err:  # a missed beat must not stop the worker; the next one retries
-            log.warning("heartbeat failed: %s", err)
+            failure = classify(err)
+            metrics.HEARTBEAT_FAILURES.labels(failure.value).inc()
+            log.warning("heartbeat failed (%s): %s", failure, explain(err))
+            # Waiting cures an outage; anything else (a bug, a Celery without the state the
+            # holdings read) would leave the reconciler blind for good: the worker is unsound.
+            self.problem = None if failure is Failure.OUTAGE else f"heartbeats fail: {explain(err)}"
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_s):

@@ -30,6 +30,9 @@ SINK_SECONDS = Histogram(
     "fleet_sink_seconds", "Seconds of one bulk write", ["sink"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 )
 FAILURES = Counter("fleet_failures", "Chunks recorded as failed, and stage errors", ["kind"])
+HEARTBEAT_FAILURES = Counter(
+    "fleet_heartbeat_failures", "Heartbeats that could not be written, by failure class", ["failure"]
+)
 GPU_MEMORY = Gauge("fleet_gpu_memory_bytes", "Peak device memory allocated by the model")
 MODEL_LOADED = Gauge("fleet_model_loaded", "1 for each model this worker has loaded", ["model"])
 ATTENTION_PATH = Gauge(

@@ -23,6 +23,7 @@ from celery import Celery
 
 from workers.core import sending
 from workers.core.broker import queue_depth
+from workers.core.failures import classify, explain, is_outage
 from workers.core.settings import FleetSettings
 from workers.core.stores import milvus, outbox, postgres
 
@@ -136,8 +137,11 @@ class Reconciler:
         while not self._stop.wait(self.settings.reconcile_s):
             try:
                 self.run_once()
-            except Exception as err:  # a service out: the next round tries again
-                log.warning("reconciler round failed: %s", err)
+            except Exception as err:  # the next round tries again, from a fresh connection
+                if is_outage(err):
+                    log.warning("reconciler waits: %s", explain(err))
+                else:
+                    log.error("reconciler round failed (%s): %s", classify(err), explain(err), exc_info=True)
                 self._reset()
 
     def run_once(self) -> None:

@@ -3,10 +3,13 @@
 from contextlib import closing
 
 import pytest
+from pydantic import SecretStr
 
 from producer import commands
 from tests.integration.conftest import write_corpus
+from workers import metrics
 from workers.core.stores import postgres, progress
+from workers.engine import EmbedEngine
 from workers.heartbeat import Heartbeat
 from workers.holdings import Holdings
 
@@ -90,3 +93,35 @@ def test_eta_says_stalled_when_work_waits_and_nothing_moves(settings, tmp_path):
         conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL")
     status = commands.status(settings)
     assert (status["eta_s"], status["stalled"]) == (None, True)
+
+
+def failed_beats(failure: str) -> float:
+    return metrics.HEARTBEAT_FAILURES.labels(failure)._value.get()
+
+
+def test_a_heartbeat_that_fails_is_a_metric_a_warning_and_unsound_unless_an_outage(settings, caplog):
+    def unreadable():  # as Celery's worker state without scheduled_requests (before 5.7) did
+        raise AttributeError("module 'celery.worker.state' has no attribute 'scheduled_requests'")
+
+    engine = EmbedEngine(settings, name="w3@test")
+    engine.start()
+    try:
+        assert engine.health()[0]
+        before = failed_beats("permanent")
+        engine._heartbeat.holdings = Holdings(unreadable)
+        engine._heartbeat.beat()
+        assert failed_beats("permanent") == before + 1
+        assert "heartbeat failed (permanent)" in caplog.text
+        sound, why = engine.health()
+        assert not sound and "scheduled_requests" in why
+        engine._heartbeat.holdings = Holdings(lambda: [])
+        engine._heartbeat.settings = settings.model_copy(
+            update={"database_url": SecretStr("postgresql://127.0.0.1:1/none")}
+        )
+        engine._heartbeat._conn.close()
+        before = failed_beats("outage")
+        engine._heartbeat.beat()  # Postgres out: counted, but waiting cures it
+        assert failed_beats("outage") == before + 1
+        assert engine.health()[0]
+    finally:
+        engine.close()

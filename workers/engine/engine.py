@@ -116,6 +116,8 @@ class EmbedEngine:
             return False, "the embed engine is not started"
         if self._heartbeat is not None and not self._heartbeat.alive:
             return False, "the heartbeat thread stopped"
+        if self._heartbeat is not None and self._heartbeat.problem:
+            return False, self._heartbeat.problem
         return True, f"ok: {self.ledger.chunks_held()} chunks held, {self.chunks_done} done"
 
     def check_healthy(self) -> None:
