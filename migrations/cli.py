@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     reindex.add_argument("--force", action="store_true", help="cut over despite a failed check or quality gate")
 
     _command(commands, "status", "index versions: state, embedded/total, ETA", _run_status)
-    _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
+    rollback = _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
+    rollback.add_argument("--force", action="store_true", help="roll back despite a failed check")
+    _command(commands, "retry", "embed again the chunks that failed, for the live and the new versions", _run_retry)
     cleanup = _command(commands, "cleanup", "drop the collections of retired index versions", _run_cleanup)
     cleanup.add_argument("--yes", action="store_true", help="confirm: rollback to them is no longer possible")
     verify = _command(commands, "verify", "compare Milvus with Postgres for every kept version", _run_verify)
@@ -138,8 +140,15 @@ def _seconds(value: float | None) -> str:
 def _run_rollback(args: argparse.Namespace, settings: FleetSettings) -> int:
     from migrations import commands
 
-    result = commands.rollback(settings)
+    result = commands.rollback(settings, args.force)
     return _emit(args, result, f"the alias `chunks` serves {result['to']} again (was {result['from']})")
+
+
+def _run_retry(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    result = commands.retry(settings)
+    return _emit(args, result, f"{result['chunks_enqueued']} chunks sent to embed again")
 
 
 def _run_cleanup(args: argparse.Namespace, settings: FleetSettings) -> int:

@@ -6,7 +6,7 @@ from contextlib import closing
 from pathlib import Path
 
 from migrations import reindex
-from producer.commands import dispatcher_for
+from producer import commands as producer_commands
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
 from workers.core import schema
@@ -78,7 +78,7 @@ def run_reindex(
             report["warnings"] = [warning]
         if cutover:
             started = time.perf_counter()
-            report["caught_up_at_cutover"] = _switch(settings, conn, client, green)
+            report["caught_up_at_cutover"] = _switch(settings, conn, client, green, force)
             report["cutover"] = True
             report["cutover_seconds"] = time.perf_counter() - started
         return report
@@ -94,17 +94,17 @@ def _backfill(settings, conn, client, blue, green, derive: bool) -> int:
 def _embed_pending(settings: FleetSettings, conn, version) -> int:
     """Send every chunk `version` lacks to the workers (in-process without a broker) and wait."""
     reindex.fill_pending(conn, version)
-    dispatcher = dispatcher_for(settings)
+    dispatcher = producer_commands.dispatcher_for(settings)
     sent = send_pending(dispatcher, conn, version)
     dispatcher.wait(conn, [version])
     return sent
 
 
-def _switch(settings: FleetSettings, conn, client, version) -> int:
+def _switch(settings: FleetSettings, conn, client, version, force: bool) -> int:
     """Make `version` live, first embedding chunks ingested meanwhile; returns how many those were."""
     caught_up = 0
     for _ in range(CUTOVER_ROUNDS):
-        if reindex.cutover(conn, client, version):
+        if reindex.cutover(conn, client, version, force):
             return caught_up
         caught_up += _embed_pending(settings, conn, version)
     raise ServiceUnavailable(
@@ -132,14 +132,32 @@ def status(settings: FleetSettings) -> list[dict]:
         return reindex.version_status(conn)
 
 
-def rollback(settings: FleetSettings) -> dict:
-    """Back to the previous version, after embedding for it the chunks ingested since it retired."""
+def rollback(settings: FleetSettings, force: bool = False) -> dict:
+    """Back to the previous version, after embedding for it the chunks ingested since it retired,
+    verified as a cutover is (every chunk embedded and in Milvus, unit vectors of its dimension)."""
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         current, previous = reindex.rollback_target(conn, client)
         caught_up = _embed_pending(settings, conn, previous)
-        caught_up += _switch(settings, conn, client, previous)
-    return {"from": current.collection, "to": previous.collection, "chunks_caught_up": caught_up}
+        verification = reindex.verify(conn, client, previous)
+        if verification.problems and not force:
+            raise InvalidInput(
+                f"{previous.collection} is not ready to serve: {'; '.join(verification.problems)}; "
+                "`migrate retry` embeds failed chunks again, `migrate verify --repair` restores missing vectors, "
+                "`--force` rolls back anyway"
+            )
+        caught_up += _switch(settings, conn, client, previous, force)
+    return {
+        "from": current.collection,
+        "to": previous.collection,
+        "chunks_caught_up": caught_up,
+        "verification": verification.to_dict(),
+    }
+
+
+def retry(settings: FleetSettings) -> dict:
+    """Embed again the chunks recorded as failed for the live version and those being built."""
+    return {"chunks_enqueued": producer_commands.retry(settings, include_pending=False)}
 
 
 def cleanup(settings: FleetSettings, state: str = STATE_RETIRED) -> list[str]:

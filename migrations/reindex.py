@@ -195,8 +195,10 @@ def verify(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion
     return result
 
 
-def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion) -> bool:
+def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, force: bool = False) -> bool:
     """Make `version` live, unless chunks arrived that it lacks (then False: embed them first).
+    Refused (CutoverRefused, naming them) while any of its chunks is recorded as failed — they
+    would be missing from the live index — unless `force`.
 
     Under the versions lock no ingest can commit meanwhile. The alias switches first (one atomic
     `alter_alias`, checked by reading a sentinel through it), then the states in Postgres: if the
@@ -205,10 +207,13 @@ def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersio
     milvus.ensure_loaded(client, version.collection)  # loaded before any search can reach it
     with conn.transaction():
         catalog.lock_versions(conn, exclusive=True)
-        if fill_pending(conn, version) or progress.progress(conn, version.id).pending:
+        counts = progress.progress(conn, version.id)
+        if fill_pending(conn, version) or counts.pending:
             return False
+        if counts.failed and not force:
+            raise CutoverRefused(_failed_message(conn, version, counts.failed))
         milvus.point_live_alias(client, version.collection)
-        _check_alias(conn, client, version)
+        _check_alias(client, version)
         conn.execute(
             "UPDATE index_versions SET state = %s WHERE state = %s AND id <> %s",
             (STATE_RETIRED, STATE_LIVE, version.id),
@@ -219,18 +224,32 @@ def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersio
     return True
 
 
-def _check_alias(conn: psycopg.Connection, client: MilvusClient, version: IndexVersion) -> None:
+class CutoverRefused(InvalidInput):
+    """A version with failed chunks would serve an index that lacks them: they are named."""
+
+
+def _failed_message(conn: psycopg.Connection, version: IndexVersion, failed: int) -> str:
+    named = "; ".join(
+        f"{path} (chunk {chunk_id[:12]}: {error.splitlines()[0][:120]})"
+        for path, chunk_id, error in progress.failed_documents(conn, version.id)
+    )
+    return (
+        f"{failed} chunks failed to embed for {version.collection} and would be missing from the live index: "
+        f"{named}{' and more' if failed > 5 else ''}. `migrate retry` embeds them again; "
+        "`--force` cuts over without them"
+    )
+
+
+def _check_alias(client: MilvusClient, version: IndexVersion) -> None:
     """Read a sentinel row through the alias and in the collection: old servers cached aliases."""
-    row = conn.execute(
-        "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s AND embedded_at IS NOT NULL LIMIT 1",
-        (version.id,),
-    ).fetchone()
     if milvus.alias_target(client) != version.collection:
         raise ServiceUnavailable(f"the alias {LIVE_ALIAS!r} does not point at {version.collection} after the switch")
-    if row is None:
+    rows = client.query(version.collection, filter="", output_fields=["chunk_id"], limit=1)
+    if not rows:
         return
-    through_alias = client.get(LIVE_ALIAS, ids=[row[0]], output_fields=["vector"])
-    direct = client.get(version.collection, ids=[row[0]], output_fields=["vector"])
+    sentinel = rows[0]["chunk_id"]
+    through_alias = client.get(LIVE_ALIAS, ids=[sentinel], output_fields=["vector"])
+    direct = client.get(version.collection, ids=[sentinel], output_fields=["vector"])
     if not through_alias or not np.allclose(through_alias[0]["vector"], direct[0]["vector"]):
         raise ServiceUnavailable(f"the alias {LIVE_ALIAS!r} still serves another collection than {version.collection}")
 

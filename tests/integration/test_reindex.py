@@ -260,3 +260,55 @@ def test_a_quantised_model_is_a_new_index_version_gated_like_any_other(minilm_se
     assert hits[0].source_path == "board/acquisition.md"  # queries run the quantised model too
     with pytest.raises(InvalidInput, match="nothing to re-index"):
         migrate.run_reindex(settings, minilm, None, True, None, True, False, 0.02, quantize="int8")
+
+
+def test_a_cutover_is_refused_while_chunks_failed_for_green_and_retry_embeds_them(
+    make_settings, migrated_url, tmp_path
+):
+    """Chunks that failed during the catch-up would silently miss from the live index."""
+    from migrations import reindex as rx
+
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    docs = write_corpus(tmp_path / "docs")
+    commands.ingest(settings, docs, None, wait=False)
+    reindex(settings, "fake:32", cutover=False)  # green built and verified
+    (docs / "memo.md").write_text("---\naccess_level: public\n---\nThe cafeteria opens at nine on Saturdays.\n")
+    commands.ingest(settings, docs, None, wait=False)
+    client = milvus.connect(settings)
+    with closing(postgres.connect(settings)) as conn:
+        green = catalog.all_versions(conn)[-1]
+        (chunk_id,) = progress.pending_chunk_ids(conn, green.id) or [
+            cid for (cid,) in conn.execute("SELECT id FROM chunks WHERE document_id = (SELECT max(id) FROM documents)")
+        ]
+        # As if its worker had given up on it: not embedded for green, recorded as failed.
+        conn.execute(
+            "UPDATE chunk_embeddings SET embedded_at = NULL WHERE chunk_id = %s AND index_version_id = %s",
+            (chunk_id, green.id),
+        )
+        client.delete(green.collection, ids=[chunk_id])
+        progress.record_failure(conn, green.id, [chunk_id], "attempts", "gave up after 8 deliveries")
+        with pytest.raises(rx.CutoverRefused, match=r"1 chunks failed .*memo\.md .*gave up after 8 deliveries"):
+            rx.cutover(conn, client, green)
+        assert catalog.live_version(conn).id == 1
+    with pytest.raises(InvalidInput, match=r"9 of 10 chunks embedded \(1 failed\)"):
+        reindex(settings, "fake:32")  # the command refuses too, at its verification
+    assert migrate.retry(settings) == {"chunks_enqueued": 1}
+    assert reindex(settings, "fake:32")["cutover"]
+    with closing(postgres.connect(settings)) as conn:
+        assert progress.progress(conn, catalog.live_version(conn).id).failed == 0
+
+
+def test_rollback_verifies_the_version_it_goes_back_to(make_settings, migrated_url, tmp_path):
+    settings = make_settings(database_url=migrated_url, model="fake:64")
+    commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    reindex(settings, "fake:32")
+    client = milvus.connect(settings)
+    with closing(postgres.connect(settings)) as conn:
+        blue = catalog.all_versions(conn)[0]
+        (chunk_id,) = conn.execute(
+            "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s LIMIT 1", (blue.id,)
+        ).fetchone()
+    client.delete(blue.collection, ids=[chunk_id])  # blue lost a vector while retired
+    with pytest.raises(InvalidInput, match="chunks_v1 is not ready to serve: Milvus holds"):
+        migrate.rollback(settings)
+    assert migrate.rollback(settings, force=True)["to"] == "chunks_v1"

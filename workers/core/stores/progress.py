@@ -90,6 +90,22 @@ def record_failure(conn: psycopg.Connection, version_id: int, chunk_ids: list[st
             )
 
 
+def failed_documents(conn: psycopg.Connection, version_id: int, limit: int = 5) -> list[tuple[str, str, str]]:
+    """(document path, chunk id, why) of some chunks that failed for `version_id`, oldest first."""
+    return conn.execute(
+        """
+        SELECT d.source_path, ce.chunk_id, coalesce(f.error, 'failed')
+        FROM chunk_embeddings ce
+        JOIN chunks c ON c.id = ce.chunk_id JOIN documents d ON d.id = c.document_id
+        LEFT JOIN LATERAL (SELECT error FROM failures WHERE index_version_id = ce.index_version_id
+                           AND chunk_id = ce.chunk_id ORDER BY id DESC LIMIT 1) f ON true
+        WHERE ce.index_version_id = %s AND ce.failed_at IS NOT NULL AND ce.embedded_at IS NULL
+        ORDER BY ce.failed_at LIMIT %s
+        """,
+        (version_id, limit),
+    ).fetchall()
+
+
 def progress(conn: psycopg.Connection, version_id: int) -> Progress:
     row = conn.execute(
         """
