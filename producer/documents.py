@@ -143,7 +143,9 @@ def read_stable(path: Path, max_bytes: int, identity: tuple[int, int] | None = N
         if before.st_size > max_bytes:
             raise ReadRefused(_too_large(before.st_size, max_bytes))
         try:
-            data = file.read(max_bytes + 1)
+            # As much as fstat says, plus one byte to notice a file still growing: read(n) sets
+            # n bytes aside first, so n = the size limit would cost it on every file.
+            data = file.read(min(max_bytes, before.st_size) + 1)
         except OSError as err:
             raise ReadRefused(f"cannot read it ({err.strerror})") from err
         after = os.fstat(fd)
