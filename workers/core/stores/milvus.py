@@ -5,6 +5,7 @@ under new keys otherwise), so a task delivered twice writes the same rows.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from workers.core.settings import FleetSettings
 log = logging.getLogger(__name__)
 
 CHUNK_ID_MAX_LENGTH = 64
+RECONNECT_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,13 @@ def connect(settings: FleetSettings) -> MilvusClient:
     uri = settings.milvus_uri or str(settings.embedded_milvus_path.resolve())
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
     try:
-        return MilvusClient(uri=uri, token=token, timeout=settings.milvus_timeout_s)
+        try:
+            return MilvusClient(uri=uri, token=token, timeout=settings.milvus_timeout_s)
+        except MilvusException:
+            # pymilvus shares one channel per server; after a long idle, Milvus Lite answers its
+            # keepalive pings with GOAWAY ("too many pings") and the first reconnect can fail.
+            time.sleep(RECONNECT_PAUSE_S)
+            return MilvusClient(uri=uri, token=token, timeout=settings.milvus_timeout_s)
     except MilvusException as err:
         hint = (
             "another process may hold the Milvus Lite file: run `python -m milvus_lite server` and set FLEET_MILVUS_URI"
