@@ -18,4 +18,5 @@ bash ops/ensure-services.sh
 ruff check .
 ruff format --check .
 lint-imports
-python -m pytest -q "$@"
+# Two test processes by default (FLEET_TEST_PROCESSES; 0 runs the suite in this one process).
+python -m pytest -q -n "${FLEET_TEST_PROCESSES:-2}" "$@"

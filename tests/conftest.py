@@ -23,7 +23,10 @@ from workers.core.settings import FleetSettings
 REPO = Path(__file__).resolve().parents[1]
 QWEN_TOOL = REPO / "ops" / "bench" / "make_qwen3_model.py"
 PG_ADMIN_URL = os.environ.get("FLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("FLEET_TEST_REDIS", "redis://127.0.0.1:6379/13")
+# pytest-xdist runs the suite in parallel processes (gw0, gw1, ...): each flushes a database of its
+# own (13, 12, ...), so that one worker's flush never drops another's queued tasks.
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = os.environ.get("FLEET_TEST_REDIS", f"redis://127.0.0.1:6379/{13 - _XDIST_INDEX}")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
