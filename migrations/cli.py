@@ -2,6 +2,8 @@
 
 migrate db                       apply the numbered SQL files not applied yet
 migrate reindex --model M [...]  build a new index version, verify, gate, cut over
+migrate finetune --pairs FILE    adapt a model to your pairs; before/after; switches nothing
+migrate promote                  cut over to the canary (`reindex --canary PERCENT` started)
 migrate status                   index versions with state, progress and ETA
 migrate rollback                 point the alias back at the previous version
 migrate cleanup --yes            drop retired versions' collections
@@ -41,7 +43,29 @@ def _parser() -> argparse.ArgumentParser:
     reindex.add_argument("--max-regression", type=float, default=0.02, help="MRR drop that refuses cutover")
     reindex.add_argument("--no-cutover", action="store_true", help="build and verify, leave the alias as it is")
     reindex.add_argument("--force", action="store_true", help="cut over despite a failed check or quality gate")
+    reindex.add_argument(
+        "--canary", type=float, metavar="PERCENT", help="instead of cutting over, answer this share of searches from it"
+    )
 
+    finetune = _command(commands, "finetune", "fine-tune a model on your pairs, before/after", _run_finetune)
+    finetune.add_argument(
+        "--pairs", type=Path, action="append", default=[], metavar="FILE",
+        help="TSV, CSV or JSON lines of (query, positive[, hard negative]); repeatable",
+    )  # fmt: skip
+    finetune.add_argument("--from-corpus", action="store_true", help="weak pairs from indexed chunks")
+    finetune.add_argument("--max-level", default="public", help="only text at or below it trains (default public)")
+    finetune.add_argument("--base", help="model to start from (default: the live index's)")
+    finetune.add_argument("--out", type=Path, help="model directory to write (default ./finetuned-BASE)")
+    finetune.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")
+    finetune.add_argument("--epochs", type=int, default=1)
+    finetune.add_argument("--batch-size", type=int, default=32, help="pairs per step (in-batch negatives)")
+    finetune.add_argument("--learning-rate", type=float, help="default 2e-5, with --lora 2e-4")
+    finetune.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged at the end")
+    finetune.add_argument("--dim", type=int, help="train for this dimension too (Matryoshka)")
+    finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    promote = _command(commands, "promote", "cut over to the canary, as a plain re-index would", _run_promote)
+    promote.add_argument("--force", action="store_true", help="promote despite a failed check")
     _command(commands, "status", "index versions: state, embedded/total, ETA", _run_status)
     rollback = _command(commands, "rollback", "point the alias back at the previous index version", _run_rollback)
     rollback.add_argument("--force", action="store_true", help="roll back despite a failed check")
@@ -90,6 +114,7 @@ def _run_reindex(args: argparse.Namespace, settings: FleetSettings) -> int:
         args.force,
         args.max_regression,
         args.quantize,
+        args.canary,
     )
     return _emit(args, report, _describe_reindex(report))
 
@@ -114,22 +139,61 @@ def _describe_reindex(report: dict) -> str:
             lines.append(
                 f"{name}: MRR {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
             )
-    if report["cutover"]:
+    if "canary" in report:
+        lines.append(
+            f"canary: {report['canary']['name']} answers {report['canary']['percent']:g} % of the searches "
+            "(each API key always from one version); `migrate status` compares, `migrate promote` cuts over, "
+            "`migrate rollback` ends it"
+        )
+    elif report["cutover"]:
         lines.append(f"cut over: the alias `chunks` now serves {report['green']['name']}")
     elif "green" in report:
         lines.append(f"not cut over: {report['green']['name']} is built; `migrate reindex` again without --no-cutover")
     return "\n".join(lines)
 
 
+def _run_finetune(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations.finetune import require_train_extra
+
+    require_train_extra(args.lora)  # before the trainer's imports
+    from migrations.finetune.command import FinetuneRequest, describe, run
+    from workers.core.access import AccessLevel
+
+    request = FinetuneRequest(
+        pairs=args.pairs,
+        from_corpus=args.from_corpus,
+        max_level=AccessLevel.parse(args.max_level),
+        base=args.base,
+        out=args.out,
+        eval_file=args.eval,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lora=args.lora,
+        dim=args.dim,
+        overwrite=args.overwrite,
+    )
+    record = run(settings, request)
+    return _emit(args, record, describe(record))
+
+
 def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
     from migrations import commands
 
     versions = commands.status(settings)
-    lines = [
-        f"{v['name']:12s} {v['state']:9s} {v['embedded']}/{v['total']} embedded, {v['failed']} failed, "
-        f"eta {_seconds(v['eta_s'])}  {v['model']} ({v['dim']} dims)"
-        for v in versions
-    ]
+    lines = []
+    for v in versions:
+        state = f"canary {v['canary_percent']:g}%" if v["canary_percent"] is not None else v["state"]
+        lines.append(
+            f"{v['name']:12s} {state:11s} {v['embedded']}/{v['total']} embedded, {v['failed']} failed, "
+            f"eta {_seconds(v['eta_s'])}  {v['model']} ({v['dim']} dims)"
+        )
+        if v["searches"] and v["searches"]["searches"]:
+            s = v["searches"]
+            lines.append(
+                f"{'':12s} {s['searches']} searches, mean {s['mean_ms']:.1f} ms, {s['hits_per_search']:.1f} hits "
+                f"per search, {100 * s['empty_share']:.1f} % with none"
+            )
     return _emit(args, versions, "\n".join(lines) or "no index versions yet")
 
 
@@ -137,10 +201,19 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}s"
 
 
+def _run_promote(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from migrations import commands
+
+    result = commands.promote(settings, args.force)
+    return _emit(args, result, f"promoted: the alias `chunks` now serves {result['promoted']}")
+
+
 def _run_rollback(args: argparse.Namespace, settings: FleetSettings) -> int:
     from migrations import commands
 
     result = commands.rollback(settings, args.force)
+    if result.get("canary_ended"):
+        return _emit(args, result, f"canary {result['from']} ended: every search is answered by {result['to']}")
     return _emit(args, result, f"the alias `chunks` serves {result['to']} again (was {result['from']})")
 
 

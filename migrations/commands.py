@@ -10,7 +10,7 @@ from producer import commands as producer_commands
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
 from workers.core import schema
-from workers.core.constants import STATE_RETIRED
+from workers.core.constants import STATE_BUILDING, STATE_RETIRED
 from workers.core.errors import InvalidInput, QualityGateFailed, ServiceUnavailable
 from workers.core.settings import FleetSettings
 from workers.core.stores import catalog, milvus, postgres
@@ -39,8 +39,12 @@ def run_reindex(
     force: bool,
     max_regression: float,
     quantize: str | None = None,
+    canary: float | None = None,
 ) -> dict:
-    """Plan, build green, verify, gate on quality, cut over. Resumes a build a killed run left."""
+    """Plan, build green, verify, gate on quality, cut over (or, with `canary`, let green answer
+    that share of the searches first). Resumes a build a killed run left."""
+    if canary is not None and not 0 < canary <= 100:
+        raise InvalidInput(f"--canary takes a share of the searches above 0 and at most 100 (%), not {canary}")
     cases = load_cases(eval_file) if eval_file else None
     with closing(postgres.connect(settings)) as conn:
         plan = reindex.make_plan(conn, model, dim, quantize or settings.quantize)
@@ -76,7 +80,11 @@ def run_reindex(
             )
             log.warning(warning)
             report["warnings"] = [warning]
-        if cutover:
+        if canary is not None:
+            milvus.ensure_loaded(client, green.collection)  # loaded before any search can reach it
+            catalog.set_canary(conn, green.id, canary)
+            report["canary"] = {"name": green.collection, "percent": canary}
+        elif cutover:
             started = time.perf_counter()
             report["caught_up_at_cutover"] = _switch(settings, conn, client, green, force)
             report["cutover"] = True
@@ -132,9 +140,50 @@ def status(settings: FleetSettings) -> list[dict]:
         return reindex.version_status(conn)
 
 
+def promote(settings: FleetSettings, force: bool = False) -> dict:
+    """Cut over to the canary exactly as a plain re-index would: what arrived meanwhile embedded,
+    verified, then the switch."""
+    with closing(postgres.connect(settings)) as conn:
+        client = milvus.connect(settings)
+        found = catalog.canary(conn)
+        if found is None:
+            raise InvalidInput("there is no canary to promote: `migrate reindex --model M --canary P` starts one")
+        version, percent = found
+        caught_up = _embed_pending(settings, conn, version)
+        verification = reindex.verify(conn, client, version)
+        if verification.problems and not force:
+            raise InvalidInput(
+                f"{version.collection} is not ready to serve: {'; '.join(verification.problems)}; "
+                "`migrate retry` embeds failed chunks again, `--force` promotes anyway"
+            )
+        caught_up += _switch(settings, conn, client, version, force)
+    return {
+        "promoted": version.collection,
+        "percent": percent,
+        "chunks_caught_up": caught_up,
+        "verification": verification.to_dict(),
+    }
+
+
+def end_canary(settings: FleetSettings) -> dict | None:
+    """All searches back on the live version; the canary stays built (promote or abort it later).
+    None when there is no canary."""
+    with closing(postgres.connect(settings)) as conn:
+        found = catalog.canary(conn)
+        if found is None:
+            return None
+        catalog.set_canary(conn, found[0].id, None)
+        live = catalog.live_version(conn)
+    return {"from": found[0].collection, "to": live.collection, "canary_ended": True}
+
+
 def rollback(settings: FleetSettings, force: bool = False) -> dict:
     """Back to the previous version, after embedding for it the chunks ingested since it retired,
-    verified as a cutover is (every chunk embedded and in Milvus, unit vectors of its dimension)."""
+    verified as a cutover is (every chunk embedded and in Milvus, unit vectors of its dimension).
+    With a canary running, it is the canary that ends: every search back on the live version."""
+    ended = end_canary(settings)
+    if ended is not None:
+        return {**ended, "chunks_caught_up": 0, "verification": None}
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         current, previous = reindex.rollback_target(conn, client)
@@ -161,7 +210,11 @@ def retry(settings: FleetSettings) -> dict:
 
 
 def cleanup(settings: FleetSettings, state: str = STATE_RETIRED) -> list[str]:
-    """Drop the versions in `state`: retired ones (cleanup) or building ones (abort)."""
+    """Drop the versions in `state`: retired ones (cleanup) or building ones (abort). A canary
+    among them first stops answering: the query service's replicas get a few polls to notice,
+    so that no search is in flight on a collection that goes."""
+    if state == STATE_BUILDING and end_canary(settings) is not None:
+        time.sleep(2 * settings.api_poll_s + 1)
     with closing(postgres.connect(settings)) as conn:
         return [version.collection for version in reindex.cleanup(conn, milvus.connect(settings), state)]
 

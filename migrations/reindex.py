@@ -219,7 +219,8 @@ def cutover(conn: psycopg.Connection, client: MilvusClient, version: IndexVersio
             (STATE_RETIRED, STATE_LIVE, version.id),
         )
         conn.execute(
-            "UPDATE index_versions SET state = %s, activated_at = now() WHERE id = %s", (STATE_LIVE, version.id)
+            "UPDATE index_versions SET state = %s, activated_at = now(), canary_percent = NULL WHERE id = %s",
+            (STATE_LIVE, version.id),
         )
     return True
 
@@ -283,6 +284,8 @@ def cleanup(conn: psycopg.Connection, client: MilvusClient, state: str = STATE_R
 def version_status(conn: psycopg.Connection) -> list[dict]:
     """Every version with its state, progress, and for one being built the recent rate and ETA."""
     statuses = []
+    current = catalog.canary(conn)
+    searched = _search_figures(conn)
     for version in catalog.all_versions(conn):
         counts = progress.progress(conn, version.id)
         rate = progress.recent_rate(conn, RATE_WINDOW_S, version.id)
@@ -299,6 +302,23 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
                 "failed": counts.failed,
                 "rate_chunks_per_s": rate,
                 "eta_s": progress.eta_seconds(counts.pending, rate),
+                "canary_percent": current[1] if current and current[0].id == version.id else None,
+                "searches": searched.get(version.id),
             }
         )
     return statuses
+
+
+def _search_figures(conn: psycopg.Connection) -> dict[int, dict]:
+    """Per version, what the query service answered from it: searches, the share with no hit,
+    hits per search and mean latency (all replicas together)."""
+    rows = conn.execute("SELECT index_version_id, searches, empty, hits, seconds FROM version_search_stats")
+    return {
+        version_id: {
+            "searches": searches,
+            "empty_share": empty / searches if searches else None,
+            "hits_per_search": hits / searches if searches else None,
+            "mean_ms": 1000 * seconds / searches if searches else None,
+        }
+        for version_id, searches, empty, hits, seconds in rows
+    }

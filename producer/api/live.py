@@ -87,7 +87,7 @@ class LiveIndex:
             return
         started = time.perf_counter()
         try:
-            candidate = self._load(version)
+            candidate = self.load(version)
         except Exception as err:
             if self.current is not None:
                 self.behind = (
@@ -108,7 +108,7 @@ class LiveIndex:
         )
         self._on_switch(previous, candidate)
 
-    def _load(self, version: IndexVersion) -> Live:
+    def load(self, version: IndexVersion) -> Live:
         """`version`'s model and collection, loaded and warmed by a real forward pass and search."""
         candidate = Live(version, encoder_for(version.model, self.device, version.quantize), time.time())
         if not candidate.encoder.info.is_test_model:

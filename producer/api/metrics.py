@@ -54,6 +54,11 @@ class ApiMetrics:
             "1 while the live index version cannot be loaded (the replica answers 503), else 0",
             registry=self.registry,
         )
+        # By the version that answered: the live one, or a canary for its share of the keys.
+        self.searches = Counter("fleet_api_searches", "Searches answered", ["index"], registry=self.registry)
+        self.empty_searches = Counter(
+            "fleet_api_empty_searches", "Searches answered with no hit", ["index"], registry=self.registry
+        )
         self.switches = Counter(
             "fleet_api_index_switches", "Switches to another live index version", registry=self.registry
         )

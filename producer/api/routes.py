@@ -70,7 +70,7 @@ async def search(body: SearchRequest, request: Request, who: Annotated[Caller, D
     level = who.level if body.level is None else AccessLevel.parse(body.level)
     if level > who.level:
         raise HTTPException(403, f"this key reads up to {who.level.name}: it cannot search as {level.name}")
-    live, hits = await service.search(body.query, level, body.top_k)
+    live, hits = await service.search(body.query, level, body.top_k, who.name)
     # Plain data: FastAPI validates and serialises it once, against SearchResponse.
     return {"hits": [vars(hit) for hit in hits], "index": live.describe()}  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ requests are counted in tokens, bounded per request and per key in flight (budge
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import numpy as np
 from producer.api.auth import KeyRing
 from producer.api.batching import MicroBatcher
 from producer.api.budget import TokenBudget
+from producer.api.canary import CanaryFollower, SearchFigures
 from producer.api.embedder import (
     Embedded,
     EmbedItem,
@@ -66,6 +68,8 @@ class QueryService:
         self.keys = KeyRing(self.stores)
         self.cache = VectorCache(settings.api_cache_size)
         self.live = LiveIndex(self.stores, settings.device, settings.api_threads, self._warm, self._switched)
+        self.canary = CanaryFollower(self.stores, self.live.load)
+        self.figures = SearchFigures(self.stores)
         self.embedder: MicroBatcher[EmbedItem, Embedded] = MicroBatcher(
             "embed",
             lambda items: embed_batch(items, settings.api_batch_tokens),
@@ -93,11 +97,14 @@ class QueryService:
         # A model can take long to load (a download): the keys go on being read meanwhile.
         await self._poll_once(self._follow_live, "following the live index")
         self._tasks.append(asyncio.create_task(self._poll(self._follow_live, "following the live index", first=False)))
+        self._tasks.append(asyncio.create_task(self._poll(self.canary.tick, "following the canary")))
+        self._tasks.append(asyncio.create_task(self._poll(self.figures.flush, "recording search figures", first=False)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._poll_once(self.figures.flush, "recording search figures")
         self.embedder.close()
         self.searcher.close()
         self.stores.close()
@@ -134,11 +141,19 @@ class QueryService:
         version could not be loaded (the previous one no longer receives new chunks)."""
         return self.live.serving()
 
-    async def search(self, query: str, level: AccessLevel, top_k: int) -> tuple[Live, list[SearchHit]]:
+    async def search(self, query: str, level: AccessLevel, top_k: int, caller: str) -> tuple[Live, list[SearchHit]]:
+        """Answered by the live version, or by the canary for the keys it takes (`caller`: the
+        key's name); counted for the version that answered."""
+        started = time.perf_counter()
         live = self.current()
+        live = self.canary.for_caller(caller) or live
         (embedded,) = await self.vectors(live, [query], "query")
-        hits = await self.searcher.run_many([SearchItem(live, embedded.vector, level, top_k)])
-        return live, hits[0]
+        hits = (await self.searcher.run_many([SearchItem(live, embedded.vector, level, top_k)]))[0]
+        self.figures.record(live.version.id, len(hits), time.perf_counter() - started)
+        self.metrics.searches.labels(live.version.collection).inc()
+        if not hits:
+            self.metrics.empty_searches.labels(live.version.collection).inc()
+        return live, hits
 
     async def embed(
         self, caller: str, texts: list[str], kind: str, dimensions: int | None

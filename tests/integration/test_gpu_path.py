@@ -43,3 +43,5 @@ def test_the_gpu_report_runs_end_to_end_on_the_cpu_with_the_tiny_stand_in(qwen_t
     assert report["batch_invariance_cosine"] >= 0.9999  # fp32 on CPU
     assert report["worker_vs_bare"] > 0 and report["worker_startup_to_first_forward_s"] >= 0
     assert "worker" in result.stdout and "batch invariance" in result.stdout
+    tuned = report["finetune"]  # migrate finetune's recipe, two steps of the public pairs
+    assert tuned["steps"] == 2 and tuned["steps_per_s"] > 0 and tuned["final_loss"] > 0

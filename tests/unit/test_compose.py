@@ -476,8 +476,10 @@ def test_worker_image_keeps_the_base_torch_and_the_model_out_of_the_image():
     instructions = _dockerfile(WORKER_DOCKERFILE)
     assert instructions[0][0] == "FROM" and instructions[0][1].startswith("pytorch/pytorch:")
     installs = _pip_installs(instructions)
-    project = [command for command in installs if "'.[embed]'" in command]
+    # The project with the extras of EXTRAS: `embed` for the worker, `embed,train` for the trainer.
+    project = [command for command in installs if '".[${EXTRAS}]"' in command]
     assert project and all("--no-cache-dir" in command for command in installs), installs
+    assert ("ARG", "EXTRAS=embed") in instructions
     # Every install is constrained to the base image's torch, so pip cannot swap it for another build.
     assert all(" -c /etc/pip-torch.txt" in command for command in installs), installs
     runs = " ".join(arguments for keyword, arguments in instructions if keyword == "RUN")

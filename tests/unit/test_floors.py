@@ -12,7 +12,8 @@ NOT_AT_FLOOR = {"torch"}
 
 def floors() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["embed"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + extras["embed"] + extras["train"]
     found = {}
     for requirement in requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]+\])?>=([0-9.]+)", requirement)

@@ -39,7 +39,7 @@ SECRET = "fleet-secrets"
 KEDA_GROUP = "keda.sh/"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-OUR_IMAGES = {f"embedding-fleet/worker:{VERSION}", f"embedding-fleet/producer:{VERSION}"}
+OUR_IMAGES = {f"embedding-fleet/{name}:{VERSION}" for name in ("worker", "producer", "trainer")}
 # Settings that carry a password or token: only ever from the Secret.
 SECRET_SETTINGS = {"FLEET_DATABASE_URL", "FLEET_BROKER_URL", "FLEET_MILVUS_TOKEN", "FLOWER_BASIC_AUTH"}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|API_KEY|_AUTH$")
@@ -66,7 +66,9 @@ EXPECTED = {
     ("Job", "migrate-db"),
     ("Job", "ingest"),
     ("Job", "reindex"),
+    ("Job", "finetune"),
     ("PersistentVolumeClaim", "docs"),
+    ("PersistentVolumeClaim", "finetune"),
 }
 
 
@@ -451,6 +453,15 @@ def test_reindex_job_never_starts_on_apply(objects):
     job = get(objects, "Job", "reindex")
     assert command_line(the_container(job))[:2] == ["migrate", "reindex"]
     assert job["spec"]["suspend"] is True, "`kubectl apply -k` must not start a re-index"
+
+
+def test_finetune_job_never_starts_on_apply_and_asks_for_a_gpu(objects):
+    job = get(objects, "Job", "finetune")
+    container = the_container(job)
+    assert command_line(container)[:2] == ["migrate", "finetune"]
+    assert job["spec"]["suspend"] is True, "`kubectl apply -k` must not start a fine-tuning run"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"].startswith("embedding-fleet/trainer:")
 
 
 # -- every container ----------------------------------------------------------------------------

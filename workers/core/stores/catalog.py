@@ -6,6 +6,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from workers.core.constants import COLLECTION_PREFIX, STATE_BUILDING, STATE_LIVE
+from workers.core.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,27 @@ def create_version(conn: psycopg.Connection, model: str, dim: int, state: str, q
             f" VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
             (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, quantize, state),
         ).fetchone()
+
+
+def canary(conn: psycopg.Connection) -> tuple[IndexVersion, float] | None:
+    """The version answering a share of the searches before its cutover, with that share (%)."""
+    with conn.cursor(row_factory=class_row(IndexVersion)) as cur:
+        version = cur.execute(f"SELECT {_COLUMNS} FROM index_versions WHERE canary_percent IS NOT NULL").fetchone()
+    if version is None:
+        return None
+    (percent,) = conn.execute("SELECT canary_percent FROM index_versions WHERE id = %s", (version.id,)).fetchone()
+    return version, float(percent)
+
+
+def set_canary(conn: psycopg.Connection, version_id: int, percent: float | None) -> None:
+    """Make `version_id` the canary at `percent` (None: no longer one). One canary at a time."""
+    with conn.transaction():
+        lock_versions(conn, exclusive=True)
+        if percent is not None:
+            other = canary(conn)
+            if other is not None and other[0].id != version_id:
+                raise InvalidInput(
+                    f"{other[0].collection} is already the canary ({other[1]:g} %): "
+                    "`migrate promote` or `migrate abort` it first"
+                )
+        conn.execute("UPDATE index_versions SET canary_percent = %s WHERE id = %s", (percent, version_id))
