@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_serve import bearer, served_corpus
+from tests.integration.test_serve import bearer, read_response, served_corpus
 
 HEADER_TIMEOUT_S = 2.0
 MAX_HEADER_BYTES = 16_384  # the default
@@ -81,10 +81,10 @@ def test_a_client_sending_its_headers_slowly_gets_408_and_is_disconnected(servic
 def test_slow_headers_on_a_kept_alive_connection_are_timed_from_their_first_byte(service):
     with connect(service["url"]) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: fleet\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         time.sleep(HEADER_TIMEOUT_S * 1.5)  # idle between requests: keep-alive's business, not closed
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: fleet\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "an idle keep-alive connection was closed"
+        assert read_response(sock).startswith(b"HTTP/1.1 200"), "an idle keep-alive connection was closed"
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: fleet\r\n")  # and the rest never comes
         status, _ = json_error(read_until_closed(sock))
     assert status == 408
