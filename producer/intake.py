@@ -2,13 +2,13 @@
 more than its own refusal.
 
 Every file, whatever its format, is read, parsed and chunked in one of `FLEET_PARSE_WORKERS`
-processes (nothing is tokenized in the ingesting process). Each process may use at most
-`FLEET_PARSE_MEMORY_MB` of address space (`setrlimit`), and each file may take at most
-`FLEET_PARSE_TIMEOUT_S`: a file past either bound is refused with the bound it passed, and the
-pool is replaced. A parser that crashes its process (a malformed file can do that to a C
-library) costs only that file too: the files in flight are read again one at a time, and the
-one that crashes again is refused. Results come back in walk order, a window ahead, so the
-database and queue work of one document overlaps the parsing of the next ones.
+processes (nothing is tokenized in the ingesting process). Each process may map at most
+`FLEET_PARSE_MEMORY_MB` of address space beyond what it holds when it starts (`setrlimit`), and
+each file may take at most `FLEET_PARSE_TIMEOUT_S`: a file past either bound is refused with the
+bound it passed, and the pool is replaced. A parser that crashes its process (a malformed file
+can do that to a C library) costs only that file too: the files in flight are read again one at
+a time, and the one that crashes again is refused. Results come back in walk order, a window
+ahead, so the database and queue work of one document overlaps the parsing of the next ones.
 """
 
 import multiprocessing
@@ -87,11 +87,23 @@ def _init_worker(bounds: Bounds) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _MEMORY_REFUSAL = bounds.too_large()
-    limit = bounds.memory_mb * 2**20
+    limit = _address_space_bytes() + bounds.memory_mb * 2**20
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _address_space_bytes() -> int:
+    """What this process has mapped before its first file: the cap comes on top of it. A spawned
+    process imports the parent's main module first, and a program that imports torch at its top
+    (a benchmark, a notebook) starts with gigabytes of address space reserved: a cap from zero
+    would refuse every file there with "out of memory"."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * resource.getpagesize()
+    except OSError:  # not Linux: the cap alone
+        return 0
 
 
 Work = Callable[[Source, ChunkLimits, ModelInfo], Outcome]

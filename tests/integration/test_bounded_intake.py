@@ -132,9 +132,10 @@ def test_a_file_past_the_memory_cap_is_refused_with_the_cap_and_the_next_file_is
     big.write_text(("# Part\n\n" + GOOD + "\n\n") * 40_000, encoding="utf-8")  # 68 MB
     small = tmp_path / "small.md"
     small.write_text(GOOD, encoding="utf-8")
-    with Intake(1, ChunkLimits(100, 200), resolve_model("fake"), bounds=Bounds(memory_mb=300)) as intake:
+    # 100 MB beyond the process's start: the file's bytes and its text alone take more.
+    with Intake(1, ChunkLimits(100, 200), resolve_model("fake"), bounds=Bounds(memory_mb=100)) as intake:
         refused, read = intake.run([source(big), source(small)])
-    assert isinstance(refused, Rejection) and "within 300 MB (FLEET_PARSE_MEMORY_MB)" in refused.reason
+    assert isinstance(refused, Rejection) and "within 100 MB (FLEET_PARSE_MEMORY_MB)" in refused.reason
     assert isinstance(read, Prepared)
 
 

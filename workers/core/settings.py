@@ -45,7 +45,7 @@ class FleetSettings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Processes that read, parse and chunk files."
     )
     parse_memory_mb: int = Field(
-        2048, ge=256, description="Address space each parse process may use; a file needing more is refused."
+        2048, ge=256, description="Address space a parse process may map beyond its start; more: the file is refused."
     )
     parse_timeout_s: float = Field(300.0, gt=0, description="Longest time one file may take to read; then refused.")
     max_file_mb: float = Field(200, gt=0, description="Larger files are refused, not read.")
