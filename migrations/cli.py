@@ -57,9 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--base", help="model to start from (default: the live index's)")
     finetune.add_argument("--out", type=Path, help="model directory to write (default ./finetuned-BASE)")
     finetune.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")
-    finetune.add_argument("--epochs", type=int, default=1)
+    finetune.add_argument("--epochs", type=int, default=3)
     finetune.add_argument("--batch-size", type=int, default=32, help="pairs per step (in-batch negatives)")
-    finetune.add_argument("--learning-rate", type=float, help="default 2e-5, with --lora 2e-4")
+    finetune.add_argument(
+        "--learning-rate", type=float, help="default 1e-4 (a model under 200M parameters), 2e-5, --lora 2e-4"
+    )
     finetune.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged at the end")
     finetune.add_argument("--dim", type=int, help="train for this dimension too (Matryoshka)")
     finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from migrations.finetune import require_train_extra
-from migrations.finetune.corpus import corpus_pairs, read_chunks
+import psycopg
+
+from migrations.finetune import compare, negatives, require_train_extra, train
+from migrations.finetune.corpus import CorpusChunk, corpus_pairs, read_chunks
 from migrations.finetune.pairs import Pair, PairsReport, read_pairs, require_enough
-from migrations.finetune.train import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, TrainOptions
-from producer.evaluate import load_cases
+from migrations.finetune.train import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, WARMUP_RATIO, TrainOptions
+from producer.evaluate import EvalCase, load_cases
 from workers.core.access import AccessLevel
 from workers.core.errors import InvalidInput
 from workers.core.settings import FleetSettings
 from workers.core.stores import catalog, milvus, postgres
 from workers.embedding import resolve_model
+from workers.embedding.model_info import ModelInfo
+from workers.embedding.sentence_transformer import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,27 @@ class FinetuneRequest:
     base: str | None = None
     out: Path | None = None
     eval_file: Path | None = None
-    epochs: int = 1
+    epochs: int = 3
     batch_size: int = 32
     learning_rate: float | None = None
     lora: bool = False
     dim: int | None = None
     overwrite: bool = False
+
+
+@dataclass
+class Prepared:
+    """Everything read and checked before a byte is written."""
+
+    request: FinetuneRequest
+    options: TrainOptions
+    info: ModelInfo
+    pairs: list[Pair]
+    sources: list[int | None]  # each pair's own document, where it came from the corpus
+    chunks: list[CorpusChunk]  # the indexed text at or below --max-level
+    reports: list[PairsReport]
+    corpus_report: PairsReport | None
+    cases: list[EvalCase] | None
 
 
 def run(settings: FleetSettings, request: FinetuneRequest) -> dict:
@@ -70,59 +89,69 @@ def run(settings: FleetSettings, request: FinetuneRequest) -> dict:
         options = TrainOptions(
             base, out, request.epochs, request.batch_size, request.learning_rate, request.lora, request.dim, info.dim
         )
-        fingerprint = _fingerprint(request, base, reports, len(pairs))
-        _prepare_out(out, fingerprint, request.overwrite)
-        return _finetune(settings, conn, request, options, info, pairs, sources, chunks, reports, cases, corpus_report)
+        _prepare_out(out, _fingerprint(request, base, reports, len(pairs)), request.overwrite)
+        prepared = Prepared(request, options, info, pairs, sources, chunks, reports, corpus_report, cases)
+        return _finetune(settings, conn, prepared)
 
 
-def _finetune(settings, conn, request, options, info, pairs, sources, chunks, reports, cases, corpus_report) -> dict:
-    from migrations.finetune import compare, negatives, train
-    from workers.embedding.sentence_transformer import pick_device
-
+def _finetune(settings: FleetSettings, conn: psycopg.Connection, prepared: Prepared) -> dict:
+    """Measure the base, mine negatives where the pairs bring none, train, save, measure again."""
+    request, options, info, cases = prepared.request, prepared.options, prepared.info, prepared.cases
     options.device = pick_device(settings.device)
     dim = request.dim or info.dim
-    training, held_out = _split(pairs, sources, cases is None)
+    training, held_out = _split(prepared.pairs, prepared.sources, cases is None)
     model = train.load_model(options.base, options.device)
-    client = milvus.connect(settings) if cases else None
 
-    def measure(name: str, current) -> dict:
-        if cases:
-            return compare.on_index(conn, client, name, dim, cases, options.device)
-        return compare.on_pairs(current, [pair for pair, _ in held_out], info.query_prompt, request.dim)
+    def measure(name: str) -> dict:
+        if cases:  # a client each time: training may have left the last one idle for long
+            return compare.on_index(conn, milvus.connect(settings), name, dim, cases, options.device)
+        return compare.on_pairs(model, [pair for pair, _ in held_out], info.query_prompt, request.dim)
 
-    before = measure(options.base, model)
+    before = measure(options.base)
     train_pairs = [pair for pair, _ in training]
-    from_file = sum(1 for pair in train_pairs if pair.negative)
-    if from_file < len(train_pairs):
-        train_pairs = negatives.mine(model, train_pairs, chunks, info.query_prompt, [s for _, s in training])
+    if any(pair.negative is None for pair in train_pairs):
+        sources = [source for _, source in training]
+        train_pairs = negatives.mine(model, train_pairs, prepared.chunks, info.query_prompt, sources)
     result = train.train(model, train_pairs, options, info.query_prompt)
     train.save(model, options.out)
-    after = measure(str(options.out.resolve()), model)
-    record = {
+    after = measure(str(options.out.resolve()))
+    record = _record(prepared, training, held_out, train_pairs, result, before, after)
+    (options.out / TRAINING_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2))
+    (options.out / RUN_FILE).unlink(missing_ok=True)
+    return record
+
+
+def _record(prepared: Prepared, training, held_out, train_pairs, result, before: dict, after: dict) -> dict:
+    """training.json: the data with its hashes and counts, the settings, the losses, both measures."""
+    request, options, info = prepared.request, prepared.options, prepared.info
+    from_files = sum(1 for pair, _ in training if pair.negative)
+    with_negative = sum(1 for pair in train_pairs if pair.negative)
+    out = options.out.resolve()
+    return {
         "base_model": options.base,
         "base_dim": info.dim,
-        "dim": dim,
+        "dim": request.dim or info.dim,
         "device": options.device,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": {
-            "files": [report.to_dict() for report in reports],
-            "from_corpus": corpus_report.to_dict() if corpus_report else None,
+            "files": [report.to_dict() for report in prepared.reports],
+            "from_corpus": prepared.corpus_report.to_dict() if prepared.corpus_report else None,
             "max_level": request.max_level.name,
-            "levels_used": _levels_used(chunks, training, train_pairs),
-            "pairs": len(pairs),
+            "levels_used": _levels_used(prepared.chunks, training, train_pairs),
+            "pairs": len(prepared.pairs),
             "train_pairs": len(train_pairs),
             "held_out_pairs": len(held_out),
             "hard_negatives": {
-                "from_files": from_file,
-                "mined": sum(1 for pair in train_pairs if pair.negative) - from_file,
-                "none": sum(1 for pair in train_pairs if not pair.negative),
+                "from_files": from_files,
+                "mined": with_negative - from_files,
+                "none": len(train_pairs) - with_negative,
             },
         },
         "hyperparameters": {
             "epochs": options.epochs,
             "batch_size": options.batch_size,
-            "learning_rate": options.rate,
-            "warmup_ratio": 0.1,
+            "learning_rate": options.learning_rate,
+            "warmup_ratio": WARMUP_RATIO,
             "seed": options.seed,
             "loss": result.loss,
             "lora": {"r": LORA_RANK, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT} if options.lora else None,
@@ -135,20 +164,15 @@ def _finetune(settings, conn, request, options, info, pairs, sources, chunks, re
             "losses": result.losses,
         },
         "evaluation": {
-            "method": "index" if cases else "held-out pairs",
+            "method": "index" if prepared.cases else "held-out pairs",
             "eval_file": _file_digest(request.eval_file) if request.eval_file else None,
             "before": before,
             "after": after,
             "mrr_change": after["mrr"] - before["mrr"],
         },
-        "model": str(options.out.resolve()),
-        "next": f"migrate reindex --model {options.out.resolve()}"
-        + (f" --dim {request.dim}" if request.dim else "")
-        + " --eval FILE",
+        "model": str(out),
+        "next": f"migrate reindex --model {out}" + (f" --dim {request.dim}" if request.dim else "") + " --eval FILE",
     }
-    (options.out / TRAINING_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2))
-    (options.out / RUN_FILE).unlink(missing_ok=True)
-    return record
 
 
 def _check_numbers(request: FinetuneRequest) -> None:

@@ -125,7 +125,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_the_same_command_resumes(make_settings,
     pairs = write_pairs(tmp_path / "pairs.tsv", iwslt()[:80])
     out = tmp_path / "model"
     args = [sys.executable, "-m", "migrations", "finetune", "--base", minilm, "--pairs", str(pairs)]
-    args += ["--out", str(out), "--batch-size", "4", "--json"]
+    args += ["--out", str(out), "--batch-size", "4", "--epochs", "1", "--json"]
     process = subprocess.Popen(args, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.monotonic() + 180
