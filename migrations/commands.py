@@ -150,12 +150,7 @@ def promote(settings: FleetSettings, force: bool = False) -> dict:
             raise InvalidInput("there is no canary to promote: `migrate reindex --model M --canary P` starts one")
         version, percent = found
         caught_up = _embed_pending(settings, conn, version)
-        verification = reindex.verify(conn, client, version)
-        if verification.problems and not force:
-            raise InvalidInput(
-                f"{version.collection} is not ready to serve: {'; '.join(verification.problems)}; "
-                "`migrate retry` embeds failed chunks again, `--force` promotes anyway"
-            )
+        verification = _verified(conn, client, version, force, "`--force` promotes anyway")
         caught_up += _switch(settings, conn, client, version, force)
     return {
         "promoted": version.collection,
@@ -163,6 +158,18 @@ def promote(settings: FleetSettings, force: bool = False) -> dict:
         "chunks_caught_up": caught_up,
         "verification": verification.to_dict(),
     }
+
+
+def _verified(conn, client, version, force: bool, anyway: str) -> reindex.Verification:
+    """`version` checked as a cutover checks it; refused with its problems unless `force`."""
+    verification = reindex.verify(conn, client, version)
+    if verification.problems and not force:
+        raise InvalidInput(
+            f"{version.collection} is not ready to serve: {'; '.join(verification.problems)}; "
+            "`migrate retry` embeds failed chunks again, `migrate verify --repair` restores missing vectors, "
+            f"{anyway}"
+        )
+    return verification
 
 
 def end_canary(settings: FleetSettings) -> dict | None:
@@ -188,13 +195,7 @@ def rollback(settings: FleetSettings, force: bool = False) -> dict:
         client = milvus.connect(settings)
         current, previous = reindex.rollback_target(conn, client)
         caught_up = _embed_pending(settings, conn, previous)
-        verification = reindex.verify(conn, client, previous)
-        if verification.problems and not force:
-            raise InvalidInput(
-                f"{previous.collection} is not ready to serve: {'; '.join(verification.problems)}; "
-                "`migrate retry` embeds failed chunks again, `migrate verify --repair` restores missing vectors, "
-                "`--force` rolls back anyway"
-            )
+        verification = _verified(conn, client, previous, force, "`--force` rolls back anyway")
         caught_up += _switch(settings, conn, client, previous, force)
     return {
         "from": current.collection,

@@ -134,7 +134,7 @@ def finetune(model: str, scratch: Path, batch: int, steps: int | None) -> dict:
     pairs = pairs[: steps * batch] if steps else pairs
     on_cuda = torch.cuda.is_available()
     info = resolve_model(model)
-    options = train.TrainOptions(model, scratch / "finetuned", batch_size=batch, native_dim=info.dim)
+    options = train.TrainOptions(model, scratch / "finetuned", epochs=1, batch_size=batch, native_dim=info.dim)
     options.device = "cuda" if on_cuda else "cpu"
     sentence_model = train.load_model(model, options.device)
     if on_cuda:
