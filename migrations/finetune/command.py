@@ -201,14 +201,9 @@ def _all_pairs(file_pairs: list[Pair], made: list[tuple[Pair, int]]):
     pairs, sources, seen = list(file_pairs), [None] * len(file_pairs), set(file_pairs)
     report = PairsReport("(indexed chunks)", "", "corpus") if made else None
     for pair, document_id in made:
-        report.read += 1
-        if pair in seen:
-            report.duplicates += 1
-            continue
-        seen.add(pair)
-        pairs.append(pair)
-        sources.append(document_id)
-        report.used += 1
+        if report.admit(pair, seen):
+            pairs.append(pair)
+            sources.append(document_id)
     return pairs, sources, report
 
 

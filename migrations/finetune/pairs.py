@@ -62,6 +62,16 @@ class PairsReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def admit(self, pair: Pair, seen: set[Pair]) -> bool:
+        """Count `pair` as read: True when it is new (then used), False for a duplicate of one seen."""
+        self.read += 1
+        if pair in seen:
+            self.duplicates += 1
+            return False
+        seen.add(pair)
+        self.used += 1
+        return True
+
     def refuse(self, line: int, why: str) -> None:
         self.refused += 1
         if len(self.refusals) < REFUSALS_SHOWN:
@@ -78,14 +88,7 @@ def read_pairs(paths: list[Path]) -> tuple[list[Pair], list[PairsReport]]:
         kind = _format(path, text)
         report = PairsReport(str(path), digest, kind)
         records = _json_records(text, report) if kind == "jsonl" else _table_records(text, kind, report)
-        for pair in records:
-            report.read += 1
-            if pair in seen:
-                report.duplicates += 1
-                continue
-            seen.add(pair)
-            pairs.append(pair)
-            report.used += 1
+        pairs += [pair for pair in records if report.admit(pair, seen)]
         if not report.read and not report.refused:
             raise InvalidInput(f"pairs file {path} holds no pairs")
         reports.append(report)
