@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.core.constants import QUANTIZE_MODES
+from workers.core.constants import QUANTIZE_MODES, SEARCH_MODES
 from workers.core.entrypoint import run_command
 from workers.core.settings import FleetSettings
 
@@ -33,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     _command(commands, "db", "apply the numbered SQL files of migrations/ not applied yet", _run_db)
 
     reindex = _command(commands, "reindex", "re-embed everything with another model or dimension", _run_reindex)
-    reindex.add_argument("--model", required=True, help="hub id or model directory of the new index")
+    target = reindex.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="hub id or model directory of the new index")
+    target.add_argument(
+        "--same-model",
+        action="store_true",
+        help="the live index's model and dimension, rebuilt from its vectors with keyword search",
+    )
     reindex.add_argument("--dim", type=int, help="dimension of the new index (default: the model's)")
     reindex.add_argument(
         "--quantize", choices=QUANTIZE_MODES, help="run the model quantised (default FLEET_QUANTIZE, none)"
@@ -41,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     reindex.add_argument("--dry-run", action="store_true", help="print the plan: chunks, tokens, time, storage")
     reindex.add_argument("--eval", type=Path, metavar="FILE", help="JSON lines of {query, level, expected_document}")
     reindex.add_argument("--max-regression", type=float, default=0.02, help="MRR drop that refuses cutover")
+    reindex.add_argument(
+        "--mode", choices=SEARCH_MODES, help="search mode of the quality gate (default: each version's own)"
+    )
     reindex.add_argument("--no-cutover", action="store_true", help="build and verify, leave the alias as it is")
     reindex.add_argument("--force", action="store_true", help="cut over despite a failed check or quality gate")
     reindex.add_argument(
@@ -117,6 +126,7 @@ def _run_reindex(args: argparse.Namespace, settings: FleetSettings) -> int:
         args.max_regression,
         args.quantize,
         args.canary,
+        args.mode,
     )
     return _emit(args, report, _describe_reindex(report))
 
@@ -136,11 +146,15 @@ def _describe_reindex(report: dict) -> str:
             f"built {report['green']['name']}: {fill['chunks']} chunks in {fill['seconds']:.1f}s "
             f"({fill['chunks_per_s']:.1f} chunks/s)"
         )
-    for name, result in report.get("eval", {}).items():
-        if isinstance(result, dict):
-            lines.append(
-                f"{name}: MRR {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
-            )
+    gate = report.get("eval", {})
+    for compared in (gate, gate.get("dense")):
+        for name in ("blue", "green"):
+            if compared and name in compared:
+                result = compared[name]
+                lines.append(
+                    f"{name} ({result['mode']}): MRR {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, "
+                    f"Hit@5 {result['hit_at_5']:.3f}"
+                )
     if "canary" in report:
         lines.append(
             f"canary: {report['canary']['name']} answers {report['canary']['percent']:g} % of the searches "
@@ -188,7 +202,7 @@ def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
         state = f"canary {v['canary_percent']:g}%" if v["canary_percent"] is not None else v["state"]
         lines.append(
             f"{v['name']:12s} {state:11s} {v['embedded']}/{v['total']} embedded, {v['failed']} failed, "
-            f"eta {_seconds(v['eta_s'])}  {v['model']} ({v['dim']} dims)"
+            f"eta {_seconds(v['eta_s'])}  {v['model']} ({v['dim']} dims; {', '.join(v['modes'])})"
         )
         if v["searches"] and v["searches"]["searches"]:
             s = v["searches"]

@@ -10,7 +10,7 @@ from producer import commands as producer_commands
 from producer.dispatch import send_pending
 from producer.evaluate import evaluate, load_cases
 from workers.core import schema
-from workers.core.constants import STATE_BUILDING, STATE_RETIRED
+from workers.core.constants import DENSE, STATE_BUILDING, STATE_RETIRED
 from workers.core.errors import InvalidInput, QualityGateFailed, ServiceUnavailable
 from workers.core.settings import FleetSettings
 from workers.core.stores import catalog, milvus, postgres
@@ -31,7 +31,7 @@ CUTOVER_ROUNDS = 5
 
 def run_reindex(
     settings: FleetSettings,
-    model: str,
+    model: str | None,
     dim: int | None,
     dry_run: bool,
     eval_file: Path | None,
@@ -40,14 +40,16 @@ def run_reindex(
     max_regression: float,
     quantize: str | None = None,
     canary: float | None = None,
+    mode: str | None = None,
 ) -> dict:
-    """Plan, build green, verify, gate on quality, cut over (or, with `canary`, let green answer
-    that share of the searches first). Resumes a build a killed run left."""
+    """Plan, build green, verify, gate on quality (searching in `mode`), cut over (or, with
+    `canary`, let green answer that share of the searches first). Resumes a build a killed run
+    left. `model` None: the live index's model, rebuilt with keyword search (`--same-model`)."""
     if canary is not None and not 0 < canary <= 100:
         raise InvalidInput(f"--canary takes a share of the searches above 0 and at most 100 (%), not {canary}")
     cases = load_cases(eval_file) if eval_file else None
     with closing(postgres.connect(settings)) as conn:
-        plan = reindex.make_plan(conn, model, dim, quantize or settings.quantize)
+        plan = reindex.make_plan(conn, model, dim, quantize if model is None else quantize or settings.quantize)
         report: dict = {"plan": plan.to_dict(), "cutover": False}
         if dry_run:
             return report
@@ -72,7 +74,7 @@ def run_reindex(
         if verification.problems and not force:
             raise InvalidInput(f"{green.collection} is not ready: {'; '.join(verification.problems)}")
         if cases:
-            report["eval"] = _gate(conn, client, blue, green, cases, settings.device, max_regression, force)
+            report["eval"] = _gate(conn, client, blue, green, cases, settings.device, max_regression, force, mode)
         else:
             warning = (
                 "no quality gate ran (no --eval FILE): the new version is not compared with the live one; "
@@ -96,7 +98,9 @@ def _backfill(settings, conn, client, blue, green, derive: bool) -> int:
     """Embed every chunk green lacks: from blue's vectors when only the dimension shrinks, then
     through the workers (all of them, or what blue did not have)."""
     derived = reindex.derive_vectors(conn, client, blue, green) if derive else 0
-    return derived + _embed_pending(settings, conn, green)
+    embedded = derived + _embed_pending(settings, conn, green)
+    milvus.seal(client, [green.collection])
+    return embedded
 
 
 def _embed_pending(settings: FleetSettings, conn, version) -> int:
@@ -120,18 +124,33 @@ def _switch(settings: FleetSettings, conn, client, version, force: bool) -> int:
     )
 
 
-def _gate(conn, client, blue, green, cases, device: str, max_regression: float, force: bool) -> dict:
+def _gate(conn, client, blue, green, cases, device: str, max_regression: float, force: bool, mode) -> dict:
+    """Green against blue on the eval cases, refused when its MRR dropped by more than
+    `max_regression` in any mode measured. With `mode`, that one (blue in its own where it cannot
+    answer it: built without keyword search). Without, each as it will serve (its default mode),
+    and also both dense where that is not already it: keyword search, the same on both sides,
+    would otherwise hide a worse model from the gate, and `/v1/embeddings` serves the model alone."""
+    results = _compared(conn, client, blue, green, cases, device, mode)
+    if mode is None and results["green"]["mode"] != DENSE:
+        results[DENSE] = _compared(conn, client, blue, green, cases, device, DENSE)
+    if not force:
+        for measured in (results, results.get(DENSE)):
+            if measured is not None and measured["mrr_drop"] > max_regression:
+                raise QualityGateFailed(
+                    f"green MRR {measured['green']['mrr']:.3f} ({measured['green']['mode']}) is "
+                    f"{measured['mrr_drop']:.3f} below blue's {measured['blue']['mrr']:.3f} "
+                    f"({measured['blue']['mode']}; allowed {max_regression}): not cutting over; "
+                    "pass --force to cut over anyway"
+                )
+    return results
+
+
+def _compared(conn, client, blue, green, cases, device: str, mode: str | None) -> dict:
     results = {
-        "blue": evaluate(conn, client, blue, cases, device),
-        "green": evaluate(conn, client, green, cases, device),
+        "blue": evaluate(conn, client, blue, cases, device, mode if mode in blue.modes else None),
+        "green": evaluate(conn, client, green, cases, device, mode),
     }
-    drop = results["blue"]["mrr"] - results["green"]["mrr"]
-    results["mrr_drop"] = drop
-    if drop > max_regression and not force:
-        raise QualityGateFailed(
-            f"green MRR {results['green']['mrr']:.3f} is {drop:.3f} below blue's {results['blue']['mrr']:.3f} "
-            f"(allowed {max_regression}): not cutting over; pass --force to cut over anyway"
-        )
+    results["mrr_drop"] = results["blue"]["mrr"] - results["green"]["mrr"]
     return results
 
 

@@ -2,8 +2,10 @@
 then point the alias `chunks` at it in one step; the blue one is kept for rollback.
 
 Postgres holds every chunk's text, so green is embedded from Postgres by the same workers
-(tasks carry the version; a worker loads each version's model on first use). When only the
-dimension shrinks, green is derived from blue's vectors (Matryoshka truncation) instead.
+(tasks carry the version; a worker loads each version's model on first use). When the model stays
+and the dimension does not grow, green is derived from blue's vectors instead (Matryoshka
+truncation where it shrinks), with the text from Postgres: that is how an index built before
+keyword search gains it (`--same-model`).
 """
 
 import logging
@@ -14,7 +16,8 @@ import psycopg
 from pymilvus import MilvusClient
 
 from producer.index import target_dim
-from workers.core.constants import LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
+from workers.core import identifiers
+from workers.core.constants import ANALYZER, LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
 from workers.core.errors import InvalidInput, ServiceUnavailable
 from workers.core.stores import catalog, milvus, progress
 from workers.core.stores.catalog import IndexVersion
@@ -29,6 +32,8 @@ ASSUMED_CHUNKS_PER_S = 400.0
 # Milvus row: the vector, a 32-character key, two scalars, and index overhead of roughly a third.
 ROW_OVERHEAD_BYTES = 64
 INDEX_OVERHEAD = 1.33
+# The text kept for keyword search, with its BM25 vector and identifiers: about twice its bytes.
+TEXT_OVERHEAD = 2.0
 DERIVE_ROWS = 1000
 
 
@@ -37,6 +42,7 @@ class ReindexPlan:
     model: str
     dim: int
     quantize: str
+    analyzer: str | None  # keyword and hybrid search (the text kept in Milvus)
     chunks: int
     tokens: int
     chunks_over_model_limit: int
@@ -51,23 +57,33 @@ class ReindexPlan:
         return asdict(self)
 
 
-def make_plan(conn: psycopg.Connection, model: str, dim: int | None, quantize: str = "none") -> ReindexPlan:
-    """What a re-index to `model` at `dim` (run `quantize`d) would embed, take and store; changes nothing."""
+def make_plan(
+    conn: psycopg.Connection, model: str | None, dim: int | None, quantize: str | None = "none"
+) -> ReindexPlan:
+    """What a re-index to `model` at `dim` (run `quantize`d) would embed, take and store; changes
+    nothing. `model` None: the live index's model, dimension and quantisation (`--same-model`)."""
     blue = catalog.live_version(conn)
     if blue is None:
         raise InvalidInput("there is no live index to move: run `producer ingest PATH` first")
+    if model is None:
+        model, dim, quantize = blue.model, dim or blue.dim, quantize or blue.quantize
+    quantize = quantize or "none"
     info = resolve_model(model)
     dim = target_dim(dim, info)
-    if (blue.model, blue.dim, blue.quantize) == (model, dim, quantize):
-        raise InvalidInput(f"the live index already uses {model} at {dim} dims ({quantize}): nothing to re-index")
+    if (blue.model, blue.dim, blue.quantize, blue.analyzer) == (model, dim, quantize, ANALYZER):
+        raise InvalidInput(
+            f"the live index already uses {model} at {dim} dims ({quantize}) with keyword search: nothing to re-index"
+        )
     texts = [text for (text,) in conn.execute("SELECT text FROM chunks")]
     counts = _token_counts(info, texts)
-    derive = blue.id if (blue.model, blue.quantize) == (model, quantize) and dim < blue.dim else None
+    derive = blue.id if (blue.model, blue.quantize) == (model, quantize) and dim <= blue.dim else None
     rate, basis = measured_rate(conn)
+    text_bytes = sum(len(text.encode("utf-8")) for text in texts)
     plan = ReindexPlan(
         model=model,
         dim=dim,
         quantize=quantize,
+        analyzer=ANALYZER,
         chunks=len(texts),
         tokens=sum(counts),
         chunks_over_model_limit=sum(1 for count in counts if count > info.max_seq_length),
@@ -75,7 +91,7 @@ def make_plan(conn: psycopg.Connection, model: str, dim: int | None, quantize: s
         derive_from_version=derive,
         estimated_seconds=len(texts) / (rate * 20 if derive else rate),
         estimate_basis="derived from the live vectors (no model run; ~20× the embedding rate)" if derive else basis,
-        storage_bytes=int(len(texts) * (dim * 4 + ROW_OVERHEAD_BYTES) * INDEX_OVERHEAD),
+        storage_bytes=int((len(texts) * (dim * 4 + ROW_OVERHEAD_BYTES) + text_bytes * TEXT_OVERHEAD) * INDEX_OVERHEAD),
     )
     if plan.chunks_over_model_limit:
         plan.warnings.append(
@@ -110,17 +126,15 @@ def measured_rate(conn: psycopg.Connection) -> tuple[float, str]:
 
 def start_green(conn: psycopg.Connection, client: MilvusClient, plan: ReindexPlan) -> IndexVersion:
     """The building version for the plan's (model, dim, quantize): the one a killed run left, or a new one."""
+    wanted = (plan.model, plan.dim, plan.quantize, plan.analyzer)
     for version in catalog.active_versions(conn):
-        if version.state == STATE_BUILDING and (version.model, version.dim, version.quantize) == (
-            plan.model,
-            plan.dim,
-            plan.quantize,
-        ):
+        shape = (version.model, version.dim, version.quantize, version.analyzer)
+        if version.state == STATE_BUILDING and shape == wanted:
             log.info("resuming %s", version.collection)
             break
     else:
-        version = catalog.create_version(conn, plan.model, plan.dim, STATE_BUILDING, plan.quantize)
-    milvus.ensure_collection(client, version.collection, version.dim)
+        version = catalog.create_version(conn, plan.model, plan.dim, STATE_BUILDING, plan.quantize, plan.analyzer)
+    milvus.ensure_collection(client, version.collection, version.dim, version.analyzer)
     fill_pending(conn, version)
     return version
 
@@ -135,7 +149,8 @@ def fill_pending(conn: psycopg.Connection, version: IndexVersion) -> int:
 
 
 def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVersion, green: IndexVersion) -> int:
-    """Fill green from blue's vectors, truncated and renormalised; returns the chunks marked."""
+    """Fill green from blue's vectors (truncated and renormalised to its dimension) and, for keyword
+    search, the text from Postgres; returns the chunks marked."""
     pending = set(progress.pending_chunk_ids(conn, green.id))
     milvus.ensure_loaded(client, blue.collection)
     fields = ["chunk_id", "document_id", "access_level", "vector"]
@@ -146,12 +161,15 @@ def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVe
             rows = [row for row in batch if row["chunk_id"] in pending]
             if not rows:
                 continue
-            vectors = fit_dimension(np.array([row["vector"] for row in rows], dtype=np.float32), green.dim)
+            vectors = np.array([row["vector"] for row in rows], dtype=np.float32)
+            if green.dim < blue.dim:  # the same dimension keeps blue's vectors bit for bit
+                vectors = fit_dimension(vectors, green.dim)
+            texts = progress.chunk_texts(conn, [row["chunk_id"] for row in rows]) if green.analyzer else {}
             vector_rows = [
-                milvus.VectorRow(row["chunk_id"], row["document_id"], row["access_level"], vector)
+                _derived_row(row, vector, texts.get(row["chunk_id"]), bool(green.analyzer))
                 for row, vector in zip(rows, vectors, strict=True)
             ]
-            milvus.upsert(client, green.collection, vector_rows)
+            milvus.upsert(client, green.collection, vector_rows, bool(green.analyzer))
             ids = [row["chunk_id"] for row in rows]
             done = progress.mark_embedded(conn, green.id, ids)
             # A chunk removed by an ingest meanwhile: no vector of it may stay in green.
@@ -162,6 +180,18 @@ def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVe
     finally:
         iterator.close()
     return marked
+
+
+def _derived_row(row: dict, vector: np.ndarray, text: progress.ChunkText | None, keyword: bool) -> milvus.VectorRow:
+    """Blue's row in green's shape. A chunk deleted meanwhile has no text: its row is written
+    without, and removed right after (it is not marked)."""
+    chunk_id, document_id, level = row["chunk_id"], row["document_id"], row["access_level"]
+    if not keyword:
+        return milvus.VectorRow(chunk_id, document_id, level, vector)
+    if text is None:
+        return milvus.VectorRow(chunk_id, document_id, level, vector, "")
+    tokens = identifiers.for_chunk(text.text, text.source_path, text.head)
+    return milvus.VectorRow(chunk_id, document_id, level, vector, text.text, tokens)
 
 
 @dataclass
@@ -296,6 +326,7 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
                 "model": version.model,
                 "dim": version.dim,
                 "quantize": version.quantize,
+                "modes": list(version.modes),
                 "state": version.state,
                 "embedded": counts.embedded,
                 "total": counts.total,

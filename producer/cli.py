@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workers.core.access import AccessLevel
-from workers.core.constants import MAX_TOP_K
+from workers.core.constants import MAX_TOP_K, SEARCH_MODES
 from workers.core.entrypoint import run_command
 from workers.core.errors import FleetError
 from workers.core.settings import FleetSettings
@@ -49,10 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--level", type=_level, required=True, help=f"reader's level: {', '.join(AccessLevel.names())}")
     search.add_argument("--top-k", type=_top_k, default=5, help=f"hits to return, 1 to {MAX_TOP_K} (default 5)")
+    _add_mode(search)
+    search.add_argument(
+        "--weights", type=_weights, metavar="DENSE,KEYWORD", help="hybrid: weigh the two rankings (default RRF)"
+    )
     _add_json(search, _run_search)
 
     evaluate = commands.add_parser("eval", help="MRR@10, Hit@1 and Hit@5 of the live index on labelled queries")
     evaluate.add_argument("file", type=Path, help='JSON lines of {"query", "level", "expected_document"}')
+    _add_mode(evaluate)
     _add_json(evaluate, _run_eval)
 
     exporter = commands.add_parser("serve-metrics", help="export queue depth, backlog, rate and ETA to Prometheus")
@@ -107,6 +112,23 @@ def _port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 to 65535)")
     return int(value)
+
+
+def _add_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=SEARCH_MODES,
+        help="dense (vectors), keyword (BM25) or hybrid (both, RRF); default hybrid where the index has the text",
+    )
+
+
+def _weights(value: str):
+    from producer.search import parse_weights
+
+    try:
+        return parse_weights(value)
+    except FleetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _level(value: str) -> AccessLevel:
@@ -168,14 +190,16 @@ def _print_status(status: dict) -> None:
 def _run_search(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import commands
 
-    hits = commands.search(settings, args.query, args.level, args.top_k)
-    _print(args, [hit.to_dict() for hit in hits], lambda: _print_hits(hits))
+    found = commands.search(settings, args.query, args.level, args.top_k, args.mode, args.weights)
+    _print(args, [hit.to_dict() for hit in found.hits], lambda: _print_hits(found))
     return 0
 
 
-def _print_hits(hits) -> None:
+def _print_hits(found) -> None:
     from producer.documents import printable
 
+    hits = found.hits
+    print(f"{found.index}, {found.mode} search:")
     if not hits:
         print("no results")
     for rank, hit in enumerate(hits, 1):
@@ -186,12 +210,13 @@ def _print_hits(hits) -> None:
 def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import commands
 
-    result = commands.evaluate_live(settings, args.file)
+    result = commands.evaluate_live(settings, args.file, args.mode)
     _print(
         args,
         result,
         lambda: print(
-            f"{result['index']} ({result['model']}, {result['dim']} dims) on {result['queries']} queries: "
+            f"{result['index']} ({result['model']}, {result['dim']} dims, {result['mode']}) "
+            f"on {result['queries']} queries: "
             f"MRR@10 {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
         ),
     )

@@ -1,6 +1,7 @@
 """The producer's commands wired to their stores: one function per command, no printing."""
 
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 from producer import ingest as ingesting
@@ -10,9 +11,10 @@ from producer.evaluate import evaluate, load_cases
 from producer.index import serving_version
 from workers import reconciler
 from workers.core.access import AccessLevel
-from workers.core.constants import RATE_WINDOW_S
+from workers.core.constants import KEYWORD, RATE_WINDOW_S
 from workers.core.settings import FleetSettings
 from workers.core.stores import catalog, milvus, postgres, progress
+from workers.core.stores.milvus import Weights
 from workers.embedding import resolve_model
 
 
@@ -30,7 +32,9 @@ def ingest(
         try:
             report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher, prune)
             if wait or not settings.uses_broker:
-                dispatcher.wait(conn, catalog.active_versions(conn))
+                versions = catalog.active_versions(conn)
+                dispatcher.wait(conn, versions)
+                milvus.seal(client, [version.collection for version in versions])
         except BaseException:  # Ctrl-C, a service gone: stop now; what is not embedded stays pending
             dispatcher.close(abandon=True)
             raise
@@ -68,14 +72,32 @@ def status(settings: FleetSettings) -> dict:
     }
 
 
-def search(settings: FleetSettings, query: str, level: AccessLevel, top_k: int) -> list[searching.SearchHit]:
+@dataclass(frozen=True)
+class Found:
+    hits: list[searching.SearchHit]
+    mode: str  # the mode that ran
+    index: str  # the collection that answered
+
+
+def search(
+    settings: FleetSettings,
+    query: str,
+    level: AccessLevel,
+    top_k: int,
+    mode: str | None = None,
+    weights: Weights | None = None,
+) -> Found:
+    """The live index searched as `level`, in `mode` (default: hybrid where it can, else dense)."""
     searching.check_query(query)  # before the model loads
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         version = serving_version(conn, client)
+        mode = searching.resolve_mode(version, mode)
+        searching.check_weights(mode, weights)
         milvus.ensure_loaded(client, version.collection)
-        encoder = searching.encoder_for(version.model, settings.device, version.quantize)
-        return searching.search(conn, client, encoder, version, query, level, top_k)
+        encoder = None if mode == KEYWORD else searching.encoder_for(version.model, settings.device, version.quantize)
+        hits = searching.search(conn, client, encoder, version, query, level, top_k, mode, weights)
+        return Found(hits, mode, version.collection)
 
 
 def retry(settings: FleetSettings, include_pending: bool) -> int:
@@ -95,11 +117,11 @@ def retry(settings: FleetSettings, include_pending: bool) -> int:
         return sent
 
 
-def evaluate_live(settings: FleetSettings, eval_file: Path) -> dict:
-    """MRR@10, Hit@1 and Hit@5 of the index behind the alias on the cases in `eval_file`."""
+def evaluate_live(settings: FleetSettings, eval_file: Path, mode: str | None = None) -> dict:
+    """MRR@10, Hit@1 and Hit@5 of the index behind the alias on the cases in `eval_file`, in `mode`."""
     cases = load_cases(eval_file)
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         version = serving_version(conn, client)
         milvus.ensure_loaded(client, version.collection)
-        return evaluate(conn, client, version, cases, settings.device)
+        return evaluate(conn, client, version, cases, settings.device, mode)

@@ -11,8 +11,9 @@ from pathlib import Path
 import psycopg
 from pymilvus import MilvusClient
 
-from producer.search import encoder_for, search
+from producer.search import encoder_for, resolve_mode, search
 from workers.core.access import AccessLevel
+from workers.core.constants import KEYWORD
 from workers.core.errors import InvalidInput
 from workers.core.stores import milvus
 from workers.core.stores.catalog import IndexVersion
@@ -49,14 +50,20 @@ def load_cases(path: Path) -> list[EvalCase]:
 
 
 def evaluate(
-    conn: psycopg.Connection, client: MilvusClient, version: IndexVersion, cases: list[EvalCase], device: str
+    conn: psycopg.Connection,
+    client: MilvusClient,
+    version: IndexVersion,
+    cases: list[EvalCase],
+    device: str,
+    mode: str | None = None,
 ) -> dict:
-    """MRR@10, Hit@1 and Hit@5 of `version` on `cases`."""
+    """MRR@10, Hit@1 and Hit@5 of `version` on `cases`, searched in `mode` (default: the version's)."""
+    mode = resolve_mode(version, mode)
     milvus.ensure_loaded(client, version.collection)  # a fresh process finds it released
-    encoder = encoder_for(version.model, device, version.quantize)
+    encoder = None if mode == KEYWORD else encoder_for(version.model, device, version.quantize)
     ranks = []
     for case in cases:
-        hits = search(conn, client, encoder, version, case.query, case.level, CHUNKS_SEARCHED)
+        hits = search(conn, client, encoder, version, case.query, case.level, CHUNKS_SEARCHED, mode)
         documents = list(dict.fromkeys(hit.source_path for hit in hits))
         ranks.append(documents.index(case.expected_document) + 1 if case.expected_document in documents else None)
     count = len(cases)
@@ -64,6 +71,7 @@ def evaluate(
         "index": version.collection,
         "model": version.model,
         "dim": version.dim,
+        "mode": mode,
         "queries": count,
         "mrr": sum(1 / rank for rank in ranks if rank and rank <= RANK_CUTOFF) / count,
         "hit_at_1": sum(1 for rank in ranks if rank == 1) / count,

@@ -47,7 +47,7 @@ def ensure_live_version(
             f"{settings.embed_dim or 'its own'} dims ({settings.quantize}): chunking for the live model "
             "(run `migrate reindex` to move the index)"
         )
-    milvus.ensure_collection(client, live.collection, live.dim)
+    milvus.ensure_collection(client, live.collection, live.dim, live.analyzer)
     if milvus.alias_target(client) is None:
         milvus.point_live_alias(client, live.collection)
     return live, warning

@@ -1,5 +1,14 @@
-"""`producer search`: embed the query with the live index's model, search as an access level."""
+"""`producer search`: search the live index as an access level, in one of three modes.
 
+`dense`: the query embedded with the index's model (and its query prompt) and fitted to its
+dimension; `keyword`: BM25 on the chunk text, which needs no model; `hybrid`: both, fused by rank
+in Milvus. In the two latter the identifiers a query holds (`45/2019/NĐ-CP`) are also matched
+whole (workers/core/identifiers.py). The query is NFC-normalised before all of it, as the
+chunks were at ingest. Postgres, the truth, checks every hit's level once more.
+"""
+
+import math
+import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -8,10 +17,12 @@ import psycopg
 from pymilvus import MilvusClient
 
 from workers.core.access import AccessLevel
-from workers.core.constants import MAX_TOP_K
+from workers.core.constants import HYBRID, KEYWORD, MAX_TOP_K, SEARCH_MODES
 from workers.core.errors import InvalidInput
+from workers.core.identifiers import query_identifiers
 from workers.core.stores import milvus
 from workers.core.stores.catalog import IndexVersion
+from workers.core.stores.milvus import Weights
 from workers.embedding import Encoder, load_encoder
 from workers.embedding.base import fit_dimension
 
@@ -52,16 +63,67 @@ def encoder_for(model: str, device: str, quantize: str = "none") -> Encoder:
 def search(
     conn: psycopg.Connection,
     client: MilvusClient,
-    encoder: Encoder,
+    encoder: Encoder | None,
     version: IndexVersion,
     query: str,
     level: AccessLevel,
     top_k: int,
+    mode: str,
+    weights: Weights | None = None,
 ) -> list[SearchHit]:
-    """The `top_k` chunks nearest to `query` among those visible at `level`, best first."""
+    """The `top_k` best chunks for `query` among those visible at `level`, in `mode` (already
+    resolved for `version`); `encoder` may be None in the keyword mode."""
     check_query(query)
     _check_top_k(top_k)
-    return search_vectors(conn, client, version, [query_vector(encoder, version, query)], level, top_k)[0]
+    text = normalized(query)
+    vector = None if mode == KEYWORD else query_vector(encoder, version, text)
+    return search_queries(conn, client, version, [make_query(text, vector)], level, top_k, mode, weights)[0]
+
+
+def resolve_mode(version: IndexVersion, mode: str | None) -> str:
+    """`mode`, or `version`'s default (hybrid where its collection holds the text, else dense);
+    refused with what to do when its collection cannot answer it."""
+    if mode is None:
+        return version.default_mode
+    if mode not in SEARCH_MODES:
+        raise InvalidInput(f"unknown search mode {mode!r}: use {', '.join(SEARCH_MODES)}")
+    if mode not in version.modes:
+        raise InvalidInput(
+            f"{version.collection} was built without the chunk text and answers only dense searches: "
+            "`migrate reindex --same-model` adds keyword and hybrid search from its vectors, without re-embedding"
+        )
+    return mode
+
+
+def check_weights(mode: str, weights: Weights | None) -> None:
+    if weights is None:
+        return
+    if mode != HYBRID:
+        raise InvalidInput(f"weights apply to hybrid searches; this one is {mode}")
+    values = (weights.dense, weights.keyword)
+    if not all(math.isfinite(value) and value >= 0 for value in values) or not sum(values):
+        raise InvalidInput(f"weights must be finite, at least 0, and not both 0: not {values}")
+
+
+def parse_weights(text: str) -> Weights:
+    """`0.7,0.3` -> dense 0.7, keyword 0.3."""
+    try:
+        dense, keyword = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidInput(f"weights are two numbers, DENSE,KEYWORD (e.g. 0.7,0.3): not {text!r}") from None
+    weights = Weights(dense, keyword)
+    check_weights(HYBRID, weights)
+    return weights
+
+
+def normalized(query: str) -> str:
+    """NFC, as every chunk's text is: Vietnamese typed with combining marks finds the same words."""
+    return unicodedata.normalize("NFC", query)
+
+
+def make_query(text: str, vector: np.ndarray | None) -> milvus.Query:
+    """The search of an NFC `text` (and its vector, unless keyword only)."""
+    return milvus.Query(text, vector, " ".join(query_identifiers(text)))
 
 
 def check_query(query: str) -> None:
@@ -91,22 +153,24 @@ def query_vector(encoder: Encoder, version: IndexVersion, query: str) -> np.ndar
     return fit_dimension(encoder.encode_queries([query]), version.dim)[0]
 
 
-def search_vectors(
+def search_queries(
     conn: psycopg.Connection,
     client: MilvusClient,
     version: IndexVersion,
-    vectors: list[np.ndarray],
+    queries: list[milvus.Query],
     level: AccessLevel,
     top_k: int,
+    mode: str,
+    weights: Weights | None = None,
     timeout: float | None = None,
 ) -> list[list[SearchHit]]:
-    """For each query vector (already in `version`'s space), its `top_k` chunks visible at `level`.
+    """For each query (vectors already in `version`'s space), its `top_k` chunks visible at `level`.
 
-    One Milvus request and one Postgres query for all of them: the query service batches the
-    searches of concurrent requests through here.
+    One Milvus search per kind of request and one Postgres query for all of them: the query
+    service batches the searches of concurrent requests through here.
     """
     _check_top_k(top_k)
-    found = milvus.search_many(client, version.collection, vectors, level, top_k, timeout)
+    found = milvus.search_many(client, version.collection, queries, level, top_k, mode, weights, timeout)
     rows = _chunk_rows(conn, list({hit.chunk_id for per_query in found for hit in per_query}))
     return [_cited(per_query, rows, level) for per_query in found]
 

@@ -3,8 +3,8 @@
 With an eval file (the one `migrate reindex --eval` reads), on the real index path: the corpus in
 Postgres is embedded by each model into a scratch Milvus collection (the live index itself where
 it already is that model at that dimension), and the labelled queries are searched and ranked by
-document exactly as `producer eval` does. Without one, on the held-out pairs: each held-out
-query against every held-out passage.
+document exactly as `producer eval --mode dense` does (it is the models that are compared).
+Without one, on the held-out pairs: each held-out query against every held-out passage.
 """
 
 import logging
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from migrations.finetune.pairs import Pair
 from producer.evaluate import EvalCase, evaluate
 from producer.search import encoder_for
+from workers.core.constants import DENSE
 from workers.core.stores import catalog, milvus
 from workers.core.stores.catalog import IndexVersion
 
@@ -36,12 +37,12 @@ def on_index(
     """MRR@10, Hit@1 and Hit@5 of `model` at `dim` over the whole indexed corpus."""
     live = catalog.live_version(conn)
     if live is not None and (live.model, live.dim, live.quantize) == (model, dim, "none"):
-        return {**evaluate(conn, client, live, cases, device), "corpus": "live index"}
+        return {**evaluate(conn, client, live, cases, device, DENSE), "corpus": "live index"}
     scratch = IndexVersion(-1, model, dim, f"{SCRATCH_PREFIX}_{os.getpid()}_{next(_scratch_numbers)}", "scratch")
     milvus.ensure_collection(client, scratch.collection, dim)
     try:
         _embed_corpus(conn, client, scratch, device)
-        return {**evaluate(conn, client, scratch, cases, device), "corpus": "scratch collection"}
+        return {**evaluate(conn, client, scratch, cases, device, DENSE), "corpus": "scratch collection"}
     finally:
         client.drop_collection(scratch.collection)
 

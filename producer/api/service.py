@@ -2,8 +2,9 @@
 the two micro-batchers (the model's forward passes; Milvus searches and the Postgres rows).
 
 Routes call `search` and `embed`; both take the live pair once, at the start of a request. A
-search is `producer search`'s own: the query embedded with the version's model and prompt and
-fitted to its dimension, then `producer.search.search_vectors` — only batched with others.
+search is `producer search`'s own: the query NFC-normalised, embedded with the version's model and
+prompt and fitted to its dimension (not in the keyword mode, which needs no model), then
+`producer.search.search_queries` — only batched with others of its version, level and mode.
 
 The model's passes have two lanes: searches first, bulk embeddings after. A search waits for at
 most the pass already running (FLEET_API_BATCH_TOKENS), never for the embeddings queued; bulk
@@ -15,8 +16,6 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-
-import numpy as np
 
 from producer.api.auth import KeyRing
 from producer.api.batching import MicroBatcher
@@ -34,10 +33,13 @@ from producer.api.embedder import (
 from producer.api.live import Live, LiveIndex
 from producer.api.metrics import ApiMetrics
 from producer.api.stores import Stores, as_unavailable, describe
-from producer.search import SearchHit, search_vectors
+from producer.search import SearchHit, check_weights, make_query, normalized, resolve_mode, search_queries
 from workers.core.access import AccessLevel
+from workers.core.constants import KEYWORD
 from workers.core.errors import InvalidInput, ServiceUnavailable
 from workers.core.settings import FleetSettings
+from workers.core.stores import milvus
+from workers.core.stores.milvus import Weights
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,16 @@ Found = dict[CacheKey, Embedded | None]
 @dataclass(frozen=True, eq=False)
 class SearchItem:
     live: Live
-    vector: np.ndarray
+    query: milvus.Query
     level: AccessLevel
     top_k: int
+    mode: str
+    weights: Weights | None = None
+
+    @property
+    def group(self) -> tuple:
+        """Items of one group go to Milvus in one request: same collection, filter and ranking."""
+        return (self.live.version.id, int(self.level), self.mode, self.weights)
 
 
 class QueryService:
@@ -141,19 +150,32 @@ class QueryService:
         version could not be loaded (the previous one no longer receives new chunks)."""
         return self.live.serving()
 
-    async def search(self, query: str, level: AccessLevel, top_k: int, caller: str) -> tuple[Live, list[SearchHit]]:
+    async def search(
+        self,
+        query: str,
+        level: AccessLevel,
+        top_k: int,
+        caller: str,
+        mode: str | None = None,
+        weights: Weights | None = None,
+    ) -> tuple[Live, str, list[SearchHit]]:
         """Answered by the live version, or by the canary for the keys it takes (`caller`: the
-        key's name); counted for the version that answered."""
+        key's name), in `mode` (default: that version's); counted for the version that answered.
+        Returns the version, the mode that ran and the hits."""
         started = time.perf_counter()
         live = self.current()
         live = self.canary.for_caller(caller) or live
-        (embedded,) = await self.vectors(live, [query], "query")
-        hits = (await self.searcher.run_many([SearchItem(live, embedded.vector, level, top_k)]))[0]
+        mode = resolve_mode(live.version, mode)
+        check_weights(mode, weights)
+        text = normalized(query)
+        vector = None if mode == KEYWORD else (await self.vectors(live, [text], "query"))[0].vector
+        item = SearchItem(live, make_query(text, vector), level, top_k, mode, weights)
+        hits = (await self.searcher.run_many([item]))[0]
         self.figures.record(live.version.id, len(hits), time.perf_counter() - started)
         self.metrics.searches.labels(live.version.collection).inc()
         if not hits:
             self.metrics.empty_searches.labels(live.version.collection).inc()
-        return live, hits
+        return live, mode, hits
 
     async def embed(
         self, caller: str, texts: list[str], kind: str, dimensions: int | None
@@ -220,19 +242,19 @@ class QueryService:
         return as_query(live.encoder, text) if kind == "query" else text
 
     def _search_batch(self, items: list[SearchItem]) -> list[list[SearchHit] | BaseException]:
-        """One Milvus request per (version, level) among `items`, and the chunks' rows from Postgres."""
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        """One Milvus request per (version, level, mode) among `items`, and the chunks' rows from Postgres."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
-            groups[(item.live.version.id, int(item.level))].append(index)
+            groups[item.group].append(index)
         results: list[list[SearchHit] | BaseException] = [[] for _ in items]
         client = self.stores.milvus()
         with self.stores.connection() as conn:
             for indices in groups.values():
                 first = items[indices[0]]
                 top_k = max(items[index].top_k for index in indices)
-                vectors = [items[index].vector for index in indices]
+                queries = [items[index].query for index in indices]
                 try:
-                    found = self._search_group(conn, client, first, vectors, top_k)
+                    found = self._search_group(conn, client, first, queries, top_k)
                 except Exception as err:
                     for index in indices:
                         results[index] = as_unavailable(err) or err
@@ -241,25 +263,31 @@ class QueryService:
                     results[index] = hits[: items[index].top_k]
         return results
 
-    def _search_group(self, conn, client, item: SearchItem, vectors: list[np.ndarray], top_k: int):
+    def _search_group(self, conn, client, item: SearchItem, queries: list[milvus.Query], top_k: int):
         version, timeout = item.live.version, self.settings.api_store_timeout_s
+
+        def run():
+            return search_queries(conn, client, version, queries, item.level, top_k, item.mode, item.weights, timeout)
+
         try:
-            return search_vectors(conn, client, version, vectors, item.level, top_k, timeout=timeout)
+            return run()
         except Exception as err:
             if not any(word in str(err).lower() for word in ("released", "not loaded")):
                 raise
             # A restarted Milvus (Lite) comes back with collections released: load, then once more.
             client.load_collection(version.collection, timeout=timeout)
-            return search_vectors(conn, client, version, vectors, item.level, top_k, timeout=timeout)
+            return run()
 
     def _warm(self, live: Live) -> None:
         """A forward pass through the batcher and a search: the first request pays neither."""
         items = [EmbedItem(live.encoder, live.version.dim, as_query(live.encoder, text)) for text in WARM_TEXTS]
         futures = [self.embedder.submit(item) for item in items]
         vectors = [future.result(WARM_TIMEOUT_S).vector for future in futures]
+        queries = [make_query(text, vector) for text, vector in zip(WARM_TEXTS, vectors, strict=True)]
         with self.stores.connection() as conn:
             client, timeout = self.stores.milvus(), self.settings.api_store_timeout_s
-            search_vectors(conn, client, live.version, vectors, AccessLevel.public, 1, timeout=timeout)
+            mode = live.version.default_mode
+            search_queries(conn, client, live.version, queries, AccessLevel.public, 1, mode, timeout=timeout)
 
     def _switched(self, previous: Live | None, live: Live) -> None:
         self.metrics.live_version.set(live.version.id)

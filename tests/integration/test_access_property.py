@@ -1,7 +1,8 @@
 """A property over random documents, levels, level changes and queries: Milvus itself never
 returns a vector above the reader's level, and every vector it returns carries its document's
-current level. Checked on Milvus's own answer, not through `producer search` (which re-checks
-Postgres and would hide a missing filter): take the level filter out of `milvus.search` and this
+current level, in every search mode (dense, keyword, hybrid, with identifiers matched whole).
+Checked on Milvus's own answer, not through `producer search` (which re-checks Postgres and would
+hide a missing filter): take the level filter out of any request of `milvus.search_many` and this
 test fails."""
 
 from contextlib import closing
@@ -12,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from producer import commands
-from producer.search import encoder_for
+from producer.search import encoder_for, make_query
 from workers.core.access import AccessLevel
+from workers.core.constants import SEARCH_MODES
 from workers.core.stores import catalog, milvus, postgres
 
 VOCABULARY = [
@@ -29,6 +31,10 @@ VOCABULARY = [
     "budget",
     "audit",
     "contract",
+    # Identifiers, matched whole by the keyword and hybrid modes.
+    "45/2019/NĐ-CP",
+    "54/2019/NĐ-CP",
+    "HD-2024-0157",
 ]
 text = st.lists(st.sampled_from(VOCABULARY), min_size=4, max_size=40).map(" ".join)
 level = st.sampled_from(list(AccessLevel))
@@ -71,10 +77,12 @@ def test_milvus_never_returns_a_vector_above_the_reader_level(index, documents, 
     client = milvus.connect(fleet_settings)
     milvus.ensure_loaded(client, version.collection)
     encoder = encoder_for(version.model, "cpu")
-    for query in queries:
-        vector = encoder.encode_queries([query])[0]
+    searches = [make_query(query, encoder.encode_queries([query])[0]) for query in queries]
+    assert version.modes == SEARCH_MODES
+    for mode in SEARCH_MODES:
         for reader in AccessLevel:
-            for hit in milvus.search(client, version.collection, vector, reader, 50):
-                assert hit.access_level <= reader, f"{reader.name} got a level-{hit.access_level} vector"
-                assert hit.chunk_id in current, "a vector of a chunk that no longer exists"
-                assert hit.access_level == current[hit.chunk_id], "a vector left at its document's old level"
+            for hits in milvus.search_many(client, version.collection, searches, reader, 50, mode):
+                for hit in hits:
+                    assert hit.access_level <= reader, f"{mode}: {reader.name} got a level-{hit.access_level} vector"
+                    assert hit.chunk_id in current, f"{mode}: a vector of a chunk that no longer exists"
+                    assert hit.access_level == current[hit.chunk_id], f"{mode}: a vector at its document's old level"

@@ -235,8 +235,8 @@ def test_verify_repair_under_concurrent_writes_deletes_only_true_orphans(fleet, 
     client = milvus.connect(settings)
     with closing(postgres.connect(settings)) as conn:
         live = catalog.live_version(conn)
-    orphan = milvus.VectorRow("f" * 32, 999_999, 0, __import__("numpy").full(64, 0.125, dtype="float32"))
-    milvus.upsert(client, live.collection, [orphan])
+    orphan = milvus.VectorRow("f" * 32, 999_999, 0, __import__("numpy").full(64, 0.125, dtype="float32"), "gone")
+    milvus.upsert(client, live.collection, [orphan], keyword=True)
     env = cli_env(settings)
     repaired = []
     while counts(url)["embedded"] < total:

@@ -54,7 +54,7 @@ def settings(make_settings, migrated_url):
 
 
 def search(settings, query: str, level: AccessLevel, top_k: int = 5):
-    return commands.search(settings, query, level, top_k)
+    return commands.search(settings, query, level, top_k).hits
 
 
 def test_formats_are_ingested_at_their_declared_levels_with_citations(settings, tmp_path):

@@ -72,7 +72,7 @@ def test_level_change_moves_vectors_to_the_new_level(settings, tmp_path):
     path = docs / "finance/salary-bands.md"
     path.write_text(path.read_text().replace("manager_only", "public"))
     commands.ingest(settings, docs, None, wait=False)
-    hits = commands.search(settings, "Salary bands engineers earn", AccessLevel.public, 3)
+    hits = commands.search(settings, "Salary bands engineers earn", AccessLevel.public, 3).hits
     assert hits[0].source_path == "finance/salary-bands.md"
     assert hits[0].access_level == "public"
 
@@ -83,7 +83,7 @@ def test_search_never_returns_chunks_above_the_reader_level(settings, tmp_path, 
     queries = [text.split(".")[0] for _, _, text in CORPUS] + ["salary", "acquire", "nghỉ phép", "leave"]
     seen_levels = set()
     for query in queries:
-        for hit in commands.search(settings, query, level, 20):
+        for hit in commands.search(settings, query, level, 20).hits:
             assert AccessLevel[hit.access_level] <= level, (query, hit.source_path)
             seen_levels.add(AccessLevel[hit.access_level])
     assert seen_levels == {lvl for lvl in AccessLevel if lvl <= level}
@@ -91,11 +91,13 @@ def test_search_never_returns_chunks_above_the_reader_level(settings, tmp_path, 
 
 def test_query_quoting_a_document_finds_it_first(settings, tmp_path):
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
-    hits = commands.search(settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 5)
+    hits = commands.search(settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 5).hits
     assert hits[0].source_path == "board/acquisition.md"
     assert all(
         h.source_path != "board/acquisition.md"
-        for h in commands.search(settings, "The board plans to acquire Blue River Freight", AccessLevel.manager_only, 5)
+        for h in commands.search(
+            settings, "The board plans to acquire Blue River Freight", AccessLevel.manager_only, 5
+        ).hits
     )
 
 
@@ -115,8 +117,8 @@ def test_default_level_applies_to_files_without_one(settings, tmp_path):
     (docs / "memo.txt").write_text("The parking garage closes at nine.")
     report = commands.ingest(settings, docs, AccessLevel.employee_only, wait=False)
     assert report.documents_new == 1
-    assert commands.search(settings, "parking garage", AccessLevel.public, 5) == []
-    assert commands.search(settings, "parking garage", AccessLevel.employee_only, 5)[0].source_path == "memo.txt"
+    assert commands.search(settings, "parking garage", AccessLevel.public, 5).hits == []
+    assert commands.search(settings, "parking garage", AccessLevel.employee_only, 5).hits[0].source_path == "memo.txt"
 
 
 def test_another_configured_model_warns_and_chunks_for_the_live_one(settings, make_settings, migrated_url, tmp_path):
@@ -128,7 +130,7 @@ def test_another_configured_model_warns_and_chunks_for_the_live_one(settings, ma
     assert "live index uses model 'fake:64'" in report.warnings[0]
     assert report.documents_new == 1
     assert commands.status(other)["index"]["dim"] == 64
-    assert commands.search(other, "memo about parking", AccessLevel.public, 1)[0].source_path == "new.md"
+    assert commands.search(other, "memo about parking", AccessLevel.public, 1).hits[0].source_path == "new.md"
 
 
 def test_missing_path_and_empty_query_are_clear_errors(settings, tmp_path):
@@ -171,7 +173,9 @@ def test_prune_removes_documents_no_longer_in_the_folder(settings, tmp_path):
     assert (report.documents_removed, report.chunks_removed) == (1, len(gone))
     assert chunk_ids(settings, "board/acquisition.md") == set()
     assert milvus_ids(settings, gone) == set()
-    hits = commands.search(settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 10)
+    hits = commands.search(
+        settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 10
+    ).hits
     assert "board/acquisition.md" not in {hit.source_path for hit in hits}
     status = commands.status(settings)
     assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]

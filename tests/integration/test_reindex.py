@@ -43,7 +43,7 @@ class SearchLoop(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             try:
-                hits = commands.search(self.settings, QUERY, AccessLevel.public, 3)
+                hits = commands.search(self.settings, QUERY, AccessLevel.public, 3).hits
                 if not hits:
                     self.failures.append("empty")
                 self.sources.add(hits[0].source_path if hits else "")
@@ -82,7 +82,7 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
     status = commands.status(settings)
     assert (status["index"]["model"], status["index"]["dim"]) == (qwen_tiny, 64)
     assert status["embedded"] == status["chunks"]
-    hits = commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 10)
+    hits = commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 10).hits
     assert "memo.md" in {hit.source_path for hit in hits}
 
     # Ingested while green is live: blue (retired) gets no rows, so rollback must catch it up.
@@ -91,11 +91,16 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
     rolled = migrate.rollback(settings)
     assert rolled["to"] == "chunks_v1" and rolled["chunks_caught_up"] >= 1
     assert (
-        commands.search(settings, "rooftop garden opens in spring", AccessLevel.public, 1)[0].source_path == "late.md"
+        commands.search(settings, "rooftop garden opens in spring", AccessLevel.public, 1).hits[0].source_path
+        == "late.md"
     )
     assert commands.status(settings)["index"]["dim"] == 384
+    # Its vector, dual-written while green was built (dense: Milvus Lite's BM25 statistics are per
+    # segment, and the memo is a segment of its own, which ties it with the handbook in hybrid).
     assert (
-        commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 1)[0].source_path
+        commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 1, "dense")
+        .hits[0]
+        .source_path
         == "memo.md"
     )
     loop.finish()
@@ -233,8 +238,8 @@ def test_verify_finds_and_repairs_orphans_and_missing_vectors(make_settings, mig
     with closing(postgres.connect(settings)) as conn:
         lost = conn.execute("SELECT id FROM chunks LIMIT 2").fetchone()[0]
     client.delete("chunks_v1", ids=[lost])  # a vector lost
-    orphan = milvus.VectorRow("f" * 32, 1, 0, np.full(64, 0.125, dtype=np.float32))
-    milvus.upsert(client, "chunks_v1", [orphan])  # a vector whose chunk is gone
+    orphan = milvus.VectorRow("f" * 32, 1, 0, np.full(64, 0.125, dtype=np.float32), "a chunk that is gone")
+    milvus.upsert(client, "chunks_v1", [orphan], keyword=True)  # a vector whose chunk is gone
 
     (check,) = migrate.verify(settings, repair=False)
     assert (check["orphans"], check["missing"], check["consistent"]) == (1, 1, False)
@@ -256,7 +261,7 @@ def test_a_quantised_model_is_a_new_index_version_gated_like_any_other(minilm_se
     with closing(postgres.connect(settings)) as conn:
         live = catalog.live_version(conn)
     assert (live.model, live.quantize) == (minilm, "int8")
-    hits = commands.search(settings, EVAL_CASES[2]["query"], AccessLevel.director_only, 3)
+    hits = commands.search(settings, EVAL_CASES[2]["query"], AccessLevel.director_only, 3).hits
     assert hits[0].source_path == "board/acquisition.md"  # queries run the quantised model too
     with pytest.raises(InvalidInput, match="nothing to re-index"):
         migrate.run_reindex(settings, minilm, None, True, None, True, False, 0.02, quantize="int8")

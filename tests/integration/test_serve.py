@@ -32,7 +32,7 @@ from tests.conftest import PG_ADMIN_URL, free_port, wait_for_port
 from tests.integration.conftest import CORPUS, REPO, cli_env, run_cli, run_json, write_corpus
 from workers.core.access import AccessLevel
 from workers.core.settings import FleetSettings
-from workers.core.stores import catalog, postgres
+from workers.core.stores import catalog, milvus, postgres
 from workers.embedding import load_encoder
 
 LEVELS = AccessLevel.names()
@@ -44,6 +44,8 @@ QUOTES = {
 }
 LEVEL_OF = {path: AccessLevel.parse(level) for path, level, _ in CORPUS}
 FAST_POLL = {"FLEET_API_POLL_S": "0.5", "FLEET_API_STORE_TIMEOUT_S": "2"}
+ALL_MODES = {"modes": ["dense", "keyword", "hybrid"], "default_mode": "hybrid"}
+LIVE_INDEX = {"name": "chunks_v1", "model": "fake:64", "dim": 64, **ALL_MODES}
 
 
 # -- the service process --------------------------------------------------------------------------
@@ -171,7 +173,8 @@ def test_each_key_reads_exactly_the_documents_at_or_below_its_level(stack):
             hits = response.json()["hits"]
             assert all(AccessLevel.parse(hit["access_level"]) <= AccessLevel.parse(level) for hit in hits), level
             assert {hit["source_path"] for hit in hits} == visible, (level, query)
-        assert response.json()["index"] == {"name": "chunks_v1", "model": "fake:64", "dim": 64}
+        assert response.json()["index"] == LIVE_INDEX
+        assert response.json()["mode"] == "hybrid"
 
 
 def test_a_key_may_search_below_its_level_never_above(stack):
@@ -190,7 +193,9 @@ def test_a_key_may_search_below_its_level_never_above(stack):
 def test_hits_are_those_of_producer_search(stack):
     for level in LEVELS:
         query = QUOTES["board/acquisition.md"]
-        expected = [hit.to_dict() for hit in commands.search(stack["settings"], query, AccessLevel.parse(level), 5)]
+        expected = [
+            hit.to_dict() for hit in commands.search(stack["settings"], query, AccessLevel.parse(level), 5).hits
+        ]
         got = search(stack["url"], stack["keys"][level], query, top_k=5).json()["hits"]
         assert [hit["chunk_id"] for hit in got] == [hit["chunk_id"] for hit in expected]
         for hit, cli in zip(got, expected, strict=True):
@@ -430,6 +435,29 @@ def test_many_clients_at_once_are_all_answered_correctly(stack):
         assert total > count, f"no {stage} batch held more than one request"
 
 
+def test_searches_in_every_mode_at_once_answer_as_producer_search_does(stack):
+    """Concurrent searches of the three modes (and a weighted hybrid) are batched by mode and
+    level, and each gets the hits `producer search` gives in its mode, and says which mode ran."""
+    modes = [("dense", None), ("keyword", None), ("hybrid", None), ("hybrid", {"dense": 0.2, "keyword": 0.8})]
+    cases = [(level, path, mode, weights) for level in LEVELS for path in QUOTES for mode, weights in modes]
+
+    def one(case) -> dict:
+        level, path, mode, weights = case
+        body = {"query": QUOTES[path], "top_k": 5, "mode": mode} | ({"weights": weights} if weights else {})
+        return httpx.post(
+            f"{stack['url']}/v1/search", headers=bearer(stack["keys"][level]), json=body, timeout=60
+        ).json()
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(one, cases))
+    for (level, path, mode, weights), answer in zip(cases, answers, strict=True):
+        assert answer["mode"] == mode
+        as_weights = milvus.Weights(**weights) if weights else None
+        expected = commands.search(stack["settings"], QUOTES[path], AccessLevel.parse(level), 5, mode, as_weights)
+        assert [hit["chunk_id"] for hit in answer["hits"]] == [hit.chunk_id for hit in expected.hits], (mode, level)
+        assert [hit["score"] for hit in answer["hits"]] == pytest.approx([hit.score for hit in expected.hits], abs=1e-4)
+
+
 def metric(text: str, name: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
@@ -439,7 +467,7 @@ def test_health_info_docs_and_metrics(stack):
     assert httpx.get(f"{url}/healthz").json()["status"] == "alive"
     assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "problems": []}
     info = httpx.get(f"{url}/info").json()
-    assert info["index"] == {"name": "chunks_v1", "model": "fake:64", "dim": 64}
+    assert info["index"] == LIVE_INDEX
     assert info["levels"] == LEVELS and info["version"]
     assert httpx.get(f"{url}/docs").status_code == 200
     assert {"/v1/search", "/v1/embeddings"} <= set(httpx.get(f"{url}/openapi.json").json()["paths"])
@@ -507,10 +535,12 @@ def test_follows_cutovers_and_a_rollback_while_a_client_searches(make_settings, 
 
         time.sleep(0.5)
         assert reindex(settings, "fake:64", 32)["plan"]["derive_from_version"] == 1  # same model, smaller dim
-        wait_until(lambda: serving() == {"name": "chunks_v2", "model": "fake:64", "dim": 32}, 10, "on chunks_v2")
+        v2 = {"name": "chunks_v2", "model": "fake:64", "dim": 32, **ALL_MODES}
+        wait_until(lambda: serving() == v2, 10, "on chunks_v2")
         time.sleep(0.5)
         reindex(settings, "fake:48")  # another model: embedded again
-        wait_until(lambda: serving() == {"name": "chunks_v3", "model": "fake:48", "dim": 48}, 10, "on chunks_v3")
+        v3 = {"name": "chunks_v3", "model": "fake:48", "dim": 48, **ALL_MODES}
+        wait_until(lambda: serving() == v3, 10, "on chunks_v3")
         time.sleep(0.5)
         assert migrate.rollback(settings)["to"] == "chunks_v2"
         wait_until(lambda: serving()["name"] == "chunks_v2", 10, "back on chunks_v2")
@@ -627,7 +657,7 @@ def test_minilm_over_http_answers_as_producer_search_does_and_follows_a_cut_to_2
             f"{url}/v1/embeddings", headers=bearer(key), json={"input": queries, "input_type": "query"}
         ).json()
         documents = httpx.post(f"{url}/v1/embeddings", headers=bearer(key), json={"input": queries}).json()
-        hits_alone = [commands.search(settings, query, AccessLevel.director_only, 5) for query in queries]
+        hits_alone = [commands.search(settings, query, AccessLevel.director_only, 5).hits for query in queries]
 
         loop = SearchLoop(url, key)
         loop.start()

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from producer.api import create_app
 from producer.api.errors import ErrorJSONResponse, finite
+from workers.core.constants import SEARCH_MODES
 from workers.core.settings import FleetSettings
 
 JSON = {"Content-Type": "application/json"}
@@ -66,9 +67,9 @@ def test_unknown_paths_and_methods_get_json(client):
 # -- the OpenAPI schema states the limits ------------------------------------------------------------
 
 
-def schema_of(app, live_dim: int | None = None) -> dict:
-    if live_dim is not None:  # what the lifespan sets: only the live version's dimension is read
-        version = SimpleNamespace(dim=live_dim)
+def schema_of(app, live_dim: int | None = None, modes: tuple[str, ...] = SEARCH_MODES) -> dict:
+    if live_dim is not None:  # what the lifespan sets: only the live version's dimension and modes are read
+        version = SimpleNamespace(dim=live_dim, modes=modes)
         app.state.service = SimpleNamespace(live=SimpleNamespace(current=SimpleNamespace(version=version)))
     return app.openapi()["components"]["schemas"]
 
@@ -79,6 +80,22 @@ def test_the_schema_states_what_search_accepts(tmp_path):
     assert (query["minLength"], query["maxLength"], query["pattern"]) == (1, 500, r"\S")
     top_k = schema_of(app)["SearchRequest"]["properties"]["top_k"]
     assert (top_k["minimum"], top_k["maximum"]) == (1, 100)
+
+
+def test_the_schema_states_the_search_modes_of_the_live_version(tmp_path):
+    app = create_app(FleetSettings(_env_file=None, data_dir=tmp_path))
+
+    def modes(**live) -> list[str]:
+        (enum,) = [
+            option["enum"]
+            for option in schema_of(app, **live)["SearchRequest"]["properties"]["mode"]["anyOf"]
+            if "enum" in option
+        ]
+        return enum
+
+    assert modes() == ["dense", "keyword", "hybrid"]  # no live index yet: every mode there is
+    assert modes(live_dim=64, modes=("dense",)) == ["dense"]  # built before keyword search
+    assert modes(live_dim=64) == ["dense", "keyword", "hybrid"]
 
 
 def test_the_schema_states_what_embeddings_accept_and_follows_the_live_dimension(tmp_path):

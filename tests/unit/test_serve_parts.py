@@ -12,9 +12,10 @@ from pydantic import ValidationError
 from producer import keys
 from producer.api.batching import MicroBatcher
 from producer.api.embedder import EmbedItem, VectorCache, as_query, embed_batch
-from producer.api.models import EmbeddingsRequest, LevelName, SearchRequest
+from producer.api.models import EmbeddingsRequest, LevelName, ModeName, SearchRequest
 from producer.api.stores import as_unavailable
 from workers.core.access import AccessLevel
+from workers.core.constants import SEARCH_MODES
 from workers.core.errors import ServiceUnavailable
 from workers.core.settings import FleetSettings
 from workers.embedding import load_encoder
@@ -131,6 +132,25 @@ def test_key_names_are_checked(name):
 
 def test_the_api_levels_are_the_access_levels():
     assert list(LevelName.__args__) == AccessLevel.names()
+
+
+def test_the_api_modes_are_the_search_modes():
+    assert ModeName.__args__ == SEARCH_MODES
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "x", "mode": "dense", "weights": {"dense": 1, "keyword": 1}},
+        {"query": "x", "mode": "keyword", "weights": {"dense": 1, "keyword": 1}},
+        {"query": "x", "weights": {"dense": 0, "keyword": 0}},
+        {"query": "x", "weights": {"dense": -1, "keyword": 1}},
+        {"query": "x", "mode": "bm25"},
+    ],
+)
+def test_weights_belong_to_hybrid_searches(body):
+    with pytest.raises(ValidationError):
+        SearchRequest.model_validate(body)
 
 
 @pytest.mark.parametrize(

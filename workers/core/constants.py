@@ -26,3 +26,12 @@ RATE_WINDOW_S = 120
 
 # Hits one search may return (Milvus allows 16,384; no reader needs this many).
 MAX_TOP_K = 1000
+
+# Search modes (`producer search --mode`, /v1/search's `mode`): the query's vector, BM25 on the
+# chunk text, or both fused by rank (RRF, k = RRF_K).
+DENSE, KEYWORD, HYBRID = "dense", "keyword", "hybrid"
+SEARCH_MODES = (DENSE, KEYWORD, HYBRID)
+RRF_K = 60
+# Milvus's analyser of the chunk text in a new index version (recorded in index_versions): Unicode
+# word boundaries and lower case, which suits Vietnamese (syllables are words) and English alike.
+ANALYZER = "standard"

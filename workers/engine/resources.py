@@ -44,7 +44,7 @@ class Resources:
         """The Milvus client, with `version`'s collection made sure of once."""
         client = self.vectors()
         if version.collection not in self._collections_ready:
-            milvus.ensure_collection(client, version.collection, version.dim)
+            milvus.ensure_collection(client, version.collection, version.dim, version.analyzer)
             self._collections_ready.add(version.collection)
         return client
 

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from workers import metrics
+from workers.core import identifiers
 from workers.core.failures import is_outage
 from workers.core.stores import milvus, outbox, progress
+from workers.core.stores.progress import PendingChunk
 from workers.engine.ledger import Ledger
 from workers.engine.messages import Embedded, Failed, chunk_ids_of
 from workers.engine.pipeline import STOP, drain
@@ -56,14 +58,15 @@ class Sink:
             by_version[item.version.id].append(item)
         for version_items in by_version.values():
             version = version_items[0].version
+            keyword = version.analyzer is not None
             rows = [
-                milvus.VectorRow(chunk.id, chunk.document_id, chunk.access_level, vector)
+                _row(chunk, vector, keyword)
                 for item in version_items
                 for chunk, vector in zip(item.chunks, item.vectors, strict=True)
             ]
             client = self.resources.collection(version)
             with metrics.SINK_SECONDS.labels("milvus").time():
-                milvus.upsert(client, version.collection, rows)
+                milvus.upsert(client, version.collection, rows, keyword)
             ids = [row.chunk_id for row in rows]
             conn = self.resources.conn("sink")
             with metrics.SINK_SECONDS.labels("postgres").time(), conn.transaction():
@@ -77,3 +80,11 @@ class Sink:
             self.ledger.stored(version.id, ids, marked)
             self.chunks_done += len(marked)
             metrics.CHUNKS_EMBEDDED.inc(len(marked))
+
+
+def _row(chunk: PendingChunk, vector, keyword: bool) -> milvus.VectorRow:
+    """The chunk's row; with keyword search, its text and identifiers too."""
+    if not keyword:
+        return milvus.VectorRow(chunk.id, chunk.document_id, chunk.access_level, vector)
+    tokens = identifiers.for_chunk(chunk.text, chunk.source_path, chunk.head)
+    return milvus.VectorRow(chunk.id, chunk.document_id, chunk.access_level, vector, chunk.text, tokens)

@@ -5,7 +5,15 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
-from workers.core.constants import COLLECTION_PREFIX, STATE_BUILDING, STATE_LIVE
+from workers.core.constants import (
+    ANALYZER,
+    COLLECTION_PREFIX,
+    DENSE,
+    HYBRID,
+    SEARCH_MODES,
+    STATE_BUILDING,
+    STATE_LIVE,
+)
 from workers.core.errors import InvalidInput
 
 
@@ -17,9 +25,20 @@ class IndexVersion:
     collection: str
     state: str
     quantize: str = "none"  # "int8" or "fp8": the model runs quantised, for documents and queries alike
+    # The Milvus analyser of the chunk text (keyword and hybrid search); None: vectors only.
+    analyzer: str | None = None
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The search modes its collection answers."""
+        return SEARCH_MODES if self.analyzer else (DENSE,)
+
+    @property
+    def default_mode(self) -> str:
+        return HYBRID if self.analyzer else DENSE
 
 
-_COLUMNS = "id, model, dim, collection, state, quantize"
+_COLUMNS = "id, model, dim, collection, state, quantize, analyzer"
 # Transactions that write chunk rows take it shared; one that changes which versions are active
 # (create, cutover) takes it exclusively — so no chunk is written for a stale set of versions.
 _VERSIONS_LOCK = 7_340_212
@@ -60,15 +79,18 @@ def active_versions(conn: psycopg.Connection) -> list[IndexVersion]:
         ).fetchall()
 
 
-def create_version(conn: psycopg.Connection, model: str, dim: int, state: str, quantize: str = "none") -> IndexVersion:
-    """Register a version; its collection is named after its id (`chunks_v7`)."""
+def create_version(
+    conn: psycopg.Connection, model: str, dim: int, state: str, quantize: str = "none", analyzer: str | None = ANALYZER
+) -> IndexVersion:
+    """Register a version; its collection is named after its id (`chunks_v7`). New versions hold
+    the chunk text for keyword search unless `analyzer` is None."""
     with conn.transaction(), conn.cursor(row_factory=class_row(IndexVersion)) as cur:
         lock_versions(conn, exclusive=True)
         (version_id,) = conn.execute("SELECT nextval('index_versions_id_seq')").fetchone()
         return cur.execute(
-            f"INSERT INTO index_versions (id, model, dim, collection, state, quantize, activated_at)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
-            (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, quantize, state),
+            f"INSERT INTO index_versions (id, model, dim, collection, state, quantize, analyzer, activated_at)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'live' THEN now() END) RETURNING {_COLUMNS}",
+            (version_id, model, dim, f"{COLLECTION_PREFIX}{version_id}", state, quantize, analyzer, state),
         ).fetchone()
 
 

@@ -5,6 +5,14 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
+from workers.core.identifiers import DOCUMENT_HEAD_CHARS
+
+# The start of a chunk's document (`c`): where an official document states its own number.
+_DOCUMENT_HEAD = (
+    f"(SELECT left(f.text, {DOCUMENT_HEAD_CHARS}) FROM chunks f"
+    " WHERE f.document_id = c.document_id ORDER BY f.ordinal LIMIT 1)"
+)
+
 
 @dataclass(frozen=True)
 class PendingChunk:
@@ -14,6 +22,16 @@ class PendingChunk:
     text: str
     token_count: int
     attempts: int
+    source_path: str = ""
+    head: str = ""  # the start of its document's text (identifiers.for_chunk)
+
+
+@dataclass(frozen=True)
+class ChunkText:
+    id: str
+    text: str
+    source_path: str
+    head: str
 
 
 @dataclass(frozen=True)
@@ -34,15 +52,27 @@ def claim(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> li
     """
     with conn.cursor(row_factory=class_row(PendingChunk)) as cur:
         return cur.execute(
-            """
+            f"""
             UPDATE chunk_embeddings AS ce SET attempts = ce.attempts + 1
             FROM chunks AS c JOIN documents AS d ON d.id = c.document_id
             WHERE ce.index_version_id = %s AND ce.chunk_id = ANY(%s) AND c.id = ce.chunk_id
               AND ce.embedded_at IS NULL AND ce.failed_at IS NULL
-            RETURNING c.id, c.document_id, d.access_level, c.text, c.token_count, ce.attempts
+            RETURNING c.id, c.document_id, d.access_level, c.text, c.token_count, ce.attempts,
+                      d.source_path, {_DOCUMENT_HEAD} AS head
             """,
             (version_id, chunk_ids),
         ).fetchall()
+
+
+def chunk_texts(conn: psycopg.Connection, chunk_ids: list[str]) -> dict[str, ChunkText]:
+    """What a keyword index needs of each chunk that still exists: its text, document and head."""
+    with conn.cursor(row_factory=class_row(ChunkText)) as cur:
+        rows = cur.execute(
+            f"SELECT c.id, c.text, d.source_path, {_DOCUMENT_HEAD} AS head"
+            " FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)",
+            (chunk_ids,),
+        ).fetchall()
+    return {row.id: row for row in rows}
 
 
 def mark_embedded(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> set[str]:
