@@ -1,4 +1,4 @@
-"""The `producer` command: ingest, status, search, eval, retry, serve-metrics, serve, keys.
+"""The `producer` command: ingest, status, search, eval, retry, serve-metrics, serve, keys, audit.
 
 Settings are read once here. torch is imported only by commands that embed in this process
 (`ingest` without a broker, `search`).
@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="port to listen on (default FLEET_API_PORT, 8080)")
     serve.set_defaults(run=_run_serve, json=False)
     _add_keys(commands)
+
+    audit = commands.add_parser("audit", help="who searched for what, at which level, and which documents they got")
+    audit.add_argument("--key", help="searches and events of this key name")
+    audit.add_argument("--level", type=_level, help="searches run at this level")
+    audit.add_argument("--document", help="searches that returned this document (its path as ingested)")
+    audit.add_argument("--since", type=_when, help="from this time: ISO 8601 (UTC unless it says), or 7d, 24h, 30m ago")
+    audit.add_argument("--until", type=_when, help="before this time (same forms)")
+    audit.add_argument("--limit", type=_top_k, default=100, help=f"at most this many of each, 1 to {MAX_TOP_K}")
+    _add_json(audit, _run_audit)
     return parser
 
 
@@ -129,6 +138,20 @@ def _weights(value: str):
         return parse_weights(value)
     except FleetError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _when(value: str):
+    """An ISO 8601 time (UTC unless it names its zone), or a span ago: `7d`, `24h`, `30m`."""
+    from datetime import UTC, datetime, timedelta
+
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if value[:-1].isdigit() and value[-1:] in units:
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a time: use 2026-12-01, 2026-12-01T08:00 or 7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _level(value: str) -> AccessLevel:
@@ -287,6 +310,38 @@ def _run_keys_revoke(args: argparse.Namespace, settings: FleetSettings) -> int:
         record = keys.revoke(conn, args.name)
     _print(args, record.to_dict(), lambda: print(f"revoked {record.name} ({record.prefix}…)"))
     return 0
+
+
+def _run_audit(args: argparse.Namespace, settings: FleetSettings) -> int:
+    from workers.core.stores import audit
+
+    wanted = audit.AuditFilter(args.key, args.level, args.document, args.since, args.until, args.limit)
+    with _connection(settings) as conn:
+        searches = audit.find_searches(conn, wanted)
+        # Events are about keys, not levels nor documents.
+        events = audit.find_events(conn, wanted) if args.level is None and args.document is None else []
+    found = {"searches": searches, "events": events}
+    _print(args, found, lambda: _print_audit(found))
+    return 0
+
+
+def _print_audit(found: dict) -> None:
+    from producer.documents import printable
+
+    if not found["searches"] and not found["events"]:
+        print("nothing recorded matches")
+    for search in found["searches"]:
+        query = search["query"] if search["query"] is not None else f"(hash {search['query_hash'][:12]}…)"
+        print(
+            f"{search['time']}  {search['key']} as {search['level']}  {search['index']} {search['mode']}  "
+            f"{printable(query)!r}  {search['latency_ms']:.0f} ms"
+        )
+        for path in search["documents"]:
+            print(f"    {printable(path)}")
+    for event in found["events"]:
+        status = f" {event['status']}" if event["status"] else ""
+        who = event["key"] or "(no valid key)"
+        print(f"{event['time']}  {event['kind']}{status}  {who}  {printable(event['detail'])}")
 
 
 def _connection(settings: FleetSettings):

@@ -17,6 +17,7 @@ from psycopg.rows import class_row
 
 from workers.core.access import AccessLevel
 from workers.core.errors import InvalidInput
+from workers.core.stores import audit
 
 KEY_PREFIX = "fk_"
 KEY_BYTES = 32
@@ -81,10 +82,13 @@ def create(conn: psycopg.Connection, name: str, level: AccessLevel) -> str:
     check_name(name)
     key = new_key()
     try:
-        conn.execute(
-            "INSERT INTO api_keys (name, prefix, key_sha256, access_level) VALUES (%s, %s, %s, %s)",
-            (name, key[:SHOWN_PREFIX_CHARS], key_hash(key), int(level)),
-        )
+        with conn.transaction():  # the key and its audit event, or neither
+            conn.execute(
+                "INSERT INTO api_keys (name, prefix, key_sha256, access_level) VALUES (%s, %s, %s, %s)",
+                (name, key[:SHOWN_PREFIX_CHARS], key_hash(key), int(level)),
+            )
+            detail = f"reads up to {level.name}; prefix {key[:SHOWN_PREFIX_CHARS]}"
+            audit.record_event(conn, audit.KEY_CREATED, name, detail)
     except psycopg.errors.UniqueViolation as err:
         raise InvalidInput(
             f"a key named {name!r} exists: revoke it first (`producer keys revoke {name}`) or choose another name"
@@ -103,11 +107,13 @@ def list_keys(conn: psycopg.Connection, include_revoked: bool = False) -> list[K
 
 def revoke(conn: psycopg.Connection, name: str) -> KeyRecord:
     """Revoke the active key called `name`; the service refuses it within `FLEET_API_POLL_S`."""
-    with conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+    with conn.transaction(), conn.cursor(row_factory=class_row(KeyRecord)) as cur:
         record = cur.execute(
             f"UPDATE api_keys SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL RETURNING {_COLUMNS}",
             (name,),
         ).fetchone()
+        if record is not None:
+            audit.record_event(conn, audit.KEY_REVOKED, name, f"prefix {record.prefix}")
     if record is None:
         raise InvalidInput(f"no active key named {name!r}: `producer keys list` shows them")
     return record

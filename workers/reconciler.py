@@ -25,7 +25,7 @@ from workers.core import sending
 from workers.core.broker import queue_depth
 from workers.core.failures import classify, explain, is_outage
 from workers.core.settings import FleetSettings
-from workers.core.stores import milvus, outbox, postgres
+from workers.core.stores import audit, milvus, outbox, postgres
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class Reconciler:
             "DELETE FROM worker_heartbeats WHERE last_seen_at < now() - make_interval(secs => %s)",
             (FORGET_GONE_AFTER_S,),
         )
+        audit.prune(conn, self.settings.search_log_days)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -122,4 +122,5 @@ async def caller(
     if found is None:
         raise _unauthorized("invalid or revoked API key")
     ring.used(digest)
+    request.state.key_name = found.name  # for the audit of a refusal later in the request
     return found

@@ -128,7 +128,21 @@ async def _http_error(request: Request, err: HTTPException) -> ErrorJSONResponse
         reason = f"{type(cause).__name__}: {cause}" if cause else str(err.detail)
         problem = {"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "ctx": {"error": reason}}
         return error_body(422, [problem])
+    if err.status_code in AUDITED_REFUSALS:
+        _audit_refusal(request, err)
     return error_body(err.status_code, err.detail, err.headers)
+
+
+# Refusals the audit keeps (an unknown key, a level above the key's, too much at once).
+AUDITED_REFUSALS = (401, 403, 429)
+
+
+def _audit_refusal(request: Request, err: HTTPException) -> None:
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        key_name = getattr(request.state, "key_name", None)
+        detail = f"{request.method} {request.url.path}: {err.detail}"
+        service.search_log.record_refusal(key_name, err.status_code, detail)
 
 
 async def _invalid(request: Request, err: Exception) -> ErrorJSONResponse:

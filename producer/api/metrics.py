@@ -62,6 +62,14 @@ class ApiMetrics:
         self.switches = Counter(
             "fleet_api_index_switches", "Switches to another live index version", registry=self.registry
         )
+        self.search_log_dropped = Counter(
+            "fleet_api_search_log_dropped",
+            "Search records and audit events dropped because the buffer was full (Postgres too slow or away)",
+            registry=self.registry,
+        )
+        self.search_log_waiting = Gauge(
+            "fleet_api_search_log_waiting", "Search records and audit events not yet written", registry=self.registry
+        )
 
     def batch_observer(self, stage: str) -> Callable[[int, float], None]:
         size, seconds = self.batch_size.labels(stage), self.batch_seconds.labels(stage)

@@ -145,6 +145,9 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     index: IndexInfo = Field(description="The index version that answered.")
     mode: ModeName = Field(description="The mode that ran.")
+    search_id: str | None = Field(
+        description="This search's record in the search log (`producer audit`); null with FLEET_SEARCH_LOG=off."
+    )
 
 
 NonEmptyText = Annotated[Text, Field(min_length=1)]

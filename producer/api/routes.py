@@ -73,9 +73,14 @@ async def search(body: SearchRequest, request: Request, who: Annotated[Caller, D
     if level > who.level:
         raise HTTPException(403, f"this key reads up to {who.level.name}: it cannot search as {level.name}")
     weights = Weights(body.weights.dense, body.weights.keyword) if body.weights else None
-    live, mode, hits = await service.search(body.query, level, body.top_k, who.name, body.mode, weights)
+    answer = await service.search(body.query, level, body.top_k, who.name, body.mode, weights)
     # Plain data: FastAPI validates and serialises it once, against SearchResponse.
-    return {"hits": [vars(hit) for hit in hits], "index": live.describe(), "mode": mode}  # type: ignore[return-value]
+    return {  # type: ignore[return-value]
+        "hits": [vars(hit) for hit in answer.hits],
+        "index": answer.live.describe(),
+        "mode": answer.mode,
+        "search_id": answer.search_id,
+    }
 
 
 @router.post("/v1/embeddings", tags=["query"], responses={**_ERRORS, 429: _TOO_MANY})

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from producer.api.audit import SearchLog
 from producer.api.auth import KeyRing
 from producer.api.batching import MicroBatcher
 from producer.api.budget import TokenBudget
@@ -54,6 +55,14 @@ CacheKey = tuple[int, str, str]
 Found = dict[CacheKey, Embedded | None]
 
 
+@dataclass(frozen=True)
+class Answer:
+    live: Live  # the version that answered
+    mode: str  # the mode that ran
+    hits: list[SearchHit]
+    search_id: str | None  # its record in the search log (None: FLEET_SEARCH_LOG=off)
+
+
 @dataclass(frozen=True, eq=False)
 class SearchItem:
     live: Live
@@ -79,6 +88,7 @@ class QueryService:
         self.live = LiveIndex(self.stores, settings.device, settings.api_threads, self._warm, self._switched)
         self.canary = CanaryFollower(self.stores, self.live.load)
         self.figures = SearchFigures(self.stores)
+        self.search_log = SearchLog(settings, self.stores, metrics)
         self.embedder: MicroBatcher[EmbedItem, Embedded] = MicroBatcher(
             "embed",
             lambda items: embed_batch(items, settings.api_batch_tokens),
@@ -107,13 +117,15 @@ class QueryService:
         await self._poll_once(self._follow_live, "following the live index")
         self._tasks.append(asyncio.create_task(self._poll(self._follow_live, "following the live index", first=False)))
         self._tasks.append(asyncio.create_task(self._poll(self.canary.tick, "following the canary")))
-        self._tasks.append(asyncio.create_task(self._poll(self.figures.flush, "recording search figures", first=False)))
+        for flush, what in ((self.figures.flush, "recording search figures"), (self.search_log.flush, "search log")):
+            self._tasks.append(asyncio.create_task(self._poll(flush, what, first=False)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._poll_once(self.figures.flush, "recording search figures")
+        await self._poll_once(self.search_log.flush, "search log")
         self.embedder.close()
         self.searcher.close()
         self.stores.close()
@@ -158,10 +170,10 @@ class QueryService:
         caller: str,
         mode: str | None = None,
         weights: Weights | None = None,
-    ) -> tuple[Live, str, list[SearchHit]]:
+    ) -> Answer:
         """Answered by the live version, or by the canary for the keys it takes (`caller`: the
-        key's name), in `mode` (default: that version's); counted for the version that answered.
-        Returns the version, the mode that ran and the hits."""
+        key's name), in `mode` (default: that version's); counted for the version that answered
+        and recorded in the search log (before the answer goes with FLEET_AUDIT_REQUIRED)."""
         started = time.perf_counter()
         live = self.current()
         live = self.canary.for_caller(caller) or live
@@ -171,11 +183,17 @@ class QueryService:
         vector = None if mode == KEYWORD else (await self.vectors(live, [text], "query"))[0].vector
         item = SearchItem(live, make_query(text, vector), level, top_k, mode, weights)
         hits = (await self.searcher.run_many([item]))[0]
-        self.figures.record(live.version.id, len(hits), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        record = (caller, level, live.version.collection, mode, query, top_k, seconds, hits)
+        if self.search_log.required:
+            search_id = await asyncio.to_thread(self.search_log.record_search, *record)
+        else:
+            search_id = self.search_log.record_search(*record)
+        self.figures.record(live.version.id, len(hits), seconds)
         self.metrics.searches.labels(live.version.collection).inc()
         if not hits:
             self.metrics.empty_searches.labels(live.version.collection).inc()
-        return live, mode, hits
+        return Answer(live, mode, hits, search_id)
 
     async def embed(
         self, caller: str, texts: list[str], kind: str, dimensions: int | None

@@ -102,6 +102,19 @@ class FleetSettings(BaseSettings):
     api_keep_alive_s: float = Field(
         75.0, gt=0, description="An idle keep-alive connection is closed after this (above the balancer's)."
     )
+    # Every search accounted for (producer audit): what is kept of the query, for how long, and
+    # whether a search whose record cannot be written is answered at all.
+    search_log: Literal["full", "hashed", "off"] = Field(
+        "full", description="Search log: the query text, a keyed hash of it (FLEET_SEARCH_LOG_KEY), or no log."
+    )
+    search_log_key: SecretStr | None = Field(None, description="Key of the query hash (FLEET_SEARCH_LOG=hashed).")
+    search_log_days: int = Field(90, ge=1, description="Searches and audit events older than this are deleted.")
+    search_log_buffer: int = Field(
+        10_000, ge=1, description="Search records waiting to be written; past it a record is dropped and counted."
+    )
+    audit_required: bool = Field(
+        False, description="Refuse (503) a search whose record cannot be written, instead of answering it."
+    )
 
     @model_validator(mode="after")
     def _chunk_bounds(self) -> "FleetSettings":
@@ -114,6 +127,17 @@ class FleetSettings(BaseSettings):
                 f"FLEET_CHUNK_MIN_TOKENS ({self.chunk_min_tokens}) is above FLEET_CHUNK_MAX_TOKENS "
                 f"({self.chunk_max_tokens}): lower the minimum or raise the maximum"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hash_key(self) -> "FleetSettings":
+        if self.search_log == "hashed" and self.search_log_key is None:
+            raise ValueError(
+                "FLEET_SEARCH_LOG=hashed needs FLEET_SEARCH_LOG_KEY, the secret of the query hash "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        if self.audit_required and self.search_log == "off":
+            raise ValueError("FLEET_AUDIT_REQUIRED=true with FLEET_SEARCH_LOG=off would refuse every search")
         return self
 
     @property

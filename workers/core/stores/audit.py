@@ -1,0 +1,175 @@
+"""The search log and the audit events in Postgres: written by the query service (in batches, off
+the request path) and by the key commands, read by `producer audit`, pruned by the reconciler.
+
+Nothing here is served over HTTP: the tables answer "who searched for what, at which level, and
+which documents did they get?", which only an operator may ask.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from workers.core.access import AccessLevel
+
+# Event kinds (audit_events.kind).
+KEY_CREATED, KEY_REVOKED, REFUSED = "key_created", "key_revoked", "refused"
+
+
+@dataclass(frozen=True)
+class LoggedHit:
+    chunk_id: str
+    source_path: str
+    access_level: int
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    id: str  # the search_id the response carries
+    key_name: str
+    access_level: int
+    index_name: str
+    mode: str
+    query: str | None  # None unless FLEET_SEARCH_LOG=full
+    query_hash: str | None  # FLEET_SEARCH_LOG=hashed
+    top_k: int
+    latency_ms: float
+    created_at: datetime
+    hits: list[LoggedHit] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    key_name: str | None
+    status: int | None
+    detail: str
+    created_at: datetime
+
+
+def write_searches(conn: psycopg.Connection, records: list[SearchRecord]) -> None:
+    """Record searches and their hits, in one transaction."""
+    if not records:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO searches (id, key_name, access_level, index_name, mode, query, query_hash, top_k,"
+            " latency_ms, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    r.id,
+                    r.key_name,
+                    r.access_level,
+                    r.index_name,
+                    r.mode,
+                    r.query,
+                    r.query_hash,
+                    r.top_k,
+                    r.latency_ms,
+                    r.created_at,
+                )
+                for r in records
+            ],
+        )
+        cur.executemany(
+            "INSERT INTO search_hits (search_id, rank, chunk_id, source_path, access_level)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (record.id, rank, hit.chunk_id, hit.source_path, hit.access_level)
+                for record in records
+                for rank, hit in enumerate(record.hits, 1)
+            ],
+        )
+
+
+def write_events(conn: psycopg.Connection, events: list[Event]) -> None:
+    if events:
+        conn.cursor().executemany(
+            "INSERT INTO audit_events (kind, key_name, status, detail, created_at) VALUES (%s, %s, %s, %s, %s)",
+            [(e.kind, e.key_name, e.status, e.detail, e.created_at) for e in events],
+        )
+
+
+def record_event(conn: psycopg.Connection, kind: str, key_name: str | None, detail: str) -> None:
+    """One event, now (the key commands)."""
+    conn.execute("INSERT INTO audit_events (kind, key_name, detail) VALUES (%s, %s, %s)", (kind, key_name, detail))
+
+
+def prune(conn: psycopg.Connection, days: int) -> int:
+    """Delete searches and events older than `days`; returns the searches deleted."""
+    interval = {"days": days}
+    deleted = conn.execute(
+        "DELETE FROM searches WHERE created_at < now() - make_interval(days => %(days)s)", interval
+    ).rowcount
+    conn.execute("DELETE FROM audit_events WHERE created_at < now() - make_interval(days => %(days)s)", interval)
+    return deleted
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    key_name: str | None = None
+    level: AccessLevel | None = None
+    document: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+def find_searches(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
+    """The searches that match, newest first, each with the documents it returned (by rank)."""
+    conditions, params = ["TRUE"], []
+    if wanted.key_name is not None:
+        conditions.append("s.key_name = %s")
+        params.append(wanted.key_name)
+    if wanted.level is not None:
+        conditions.append("s.access_level = %s")
+        params.append(int(wanted.level))
+    if wanted.document is not None:
+        conditions.append("EXISTS (SELECT 1 FROM search_hits h WHERE h.search_id = s.id AND h.source_path = %s)")
+        params.append(wanted.document)
+    if wanted.since is not None:
+        conditions.append("s.created_at >= %s")
+        params.append(wanted.since)
+    if wanted.until is not None:
+        conditions.append("s.created_at < %s")
+        params.append(wanted.until)
+    rows = conn.execute(
+        "SELECT s.id, s.created_at, s.key_name, s.access_level, s.index_name, s.mode, s.query, s.query_hash,"
+        " s.top_k, s.latency_ms,"
+        " coalesce((SELECT array_agg(h.source_path ORDER BY h.rank) FROM search_hits h WHERE h.search_id = s.id),"
+        " '{}') FROM searches s"
+        f" WHERE {' AND '.join(conditions)} ORDER BY s.created_at DESC, s.id LIMIT %s",
+        (*params, wanted.limit),
+    ).fetchall()
+    names = ("search_id", "time", "key", "level", "index", "mode", "query", "query_hash", "top_k", "latency_ms")
+    found = []
+    for *values, paths in rows:
+        search = dict(zip(names, values, strict=True))
+        search["search_id"], search["time"] = str(search["search_id"]), search["time"].isoformat()
+        search["level"] = AccessLevel(search["level"]).name
+        search["documents"] = list(dict.fromkeys(paths))  # each document once, at its best rank
+        found.append(search)
+    return found
+
+
+def find_events(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
+    """Key events and refused requests that match the key and time filters, newest first."""
+    conditions, params = ["TRUE"], []
+    if wanted.key_name is not None:
+        conditions.append("key_name = %s")
+        params.append(wanted.key_name)
+    if wanted.since is not None:
+        conditions.append("created_at >= %s")
+        params.append(wanted.since)
+    if wanted.until is not None:
+        conditions.append("created_at < %s")
+        params.append(wanted.until)
+    rows = conn.execute(
+        f"SELECT created_at, kind, key_name, status, detail FROM audit_events WHERE {' AND '.join(conditions)}"
+        " ORDER BY created_at DESC, id DESC LIMIT %s",
+        (*params, wanted.limit),
+    ).fetchall()
+    return [
+        {"time": at.isoformat(), "kind": kind, "key": key, "status": status, "detail": detail}
+        for at, kind, key, status, detail in rows
+    ]
