@@ -117,22 +117,13 @@ class AuditFilter:
 
 def find_searches(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
     """The searches that match, newest first, each with the documents it returned (by rank)."""
-    conditions, params = ["TRUE"], []
-    if wanted.key_name is not None:
-        conditions.append("s.key_name = %s")
-        params.append(wanted.key_name)
+    conditions, params = _key_and_time(wanted, "s.")
     if wanted.level is not None:
         conditions.append("s.access_level = %s")
         params.append(int(wanted.level))
     if wanted.document is not None:
         conditions.append("EXISTS (SELECT 1 FROM search_hits h WHERE h.search_id = s.id AND h.source_path = %s)")
         params.append(wanted.document)
-    if wanted.since is not None:
-        conditions.append("s.created_at >= %s")
-        params.append(wanted.since)
-    if wanted.until is not None:
-        conditions.append("s.created_at < %s")
-        params.append(wanted.until)
     rows = conn.execute(
         "SELECT s.id, s.created_at, s.key_name, s.access_level, s.index_name, s.mode, s.query, s.query_hash,"
         " s.top_k, s.latency_ms,"
@@ -154,16 +145,7 @@ def find_searches(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
 
 def find_events(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
     """Key events and refused requests that match the key and time filters, newest first."""
-    conditions, params = ["TRUE"], []
-    if wanted.key_name is not None:
-        conditions.append("key_name = %s")
-        params.append(wanted.key_name)
-    if wanted.since is not None:
-        conditions.append("created_at >= %s")
-        params.append(wanted.since)
-    if wanted.until is not None:
-        conditions.append("created_at < %s")
-        params.append(wanted.until)
+    conditions, params = _key_and_time(wanted, "")
     rows = conn.execute(
         f"SELECT created_at, kind, key_name, status, detail FROM audit_events WHERE {' AND '.join(conditions)}"
         " ORDER BY created_at DESC, id DESC LIMIT %s",
@@ -173,3 +155,17 @@ def find_events(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
         {"time": at.isoformat(), "kind": kind, "key": key, "status": status, "detail": detail}
         for at, kind, key, status, detail in rows
     ]
+
+
+def _key_and_time(wanted: AuditFilter, table: str) -> tuple[list[str], list]:
+    """The conditions both tables share (their `key_name` and `created_at`), with their values."""
+    conditions, params = ["TRUE"], []
+    for condition, value in (
+        (f"{table}key_name = %s", wanted.key_name),
+        (f"{table}created_at >= %s", wanted.since),
+        (f"{table}created_at < %s", wanted.until),
+    ):
+        if value is not None:
+            conditions.append(condition)
+            params.append(value)
+    return conditions, params
