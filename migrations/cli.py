@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         help="TSV, CSV or JSON lines of (query, positive[, hard negative]); repeatable",
     )  # fmt: skip
     finetune.add_argument("--from-corpus", action="store_true", help="weak pairs from indexed chunks")
+    finetune.add_argument(
+        "--from-feedback",
+        action="store_true",
+        help="pairs from /v1/feedback: hits marked relevant, those marked not as hard negatives",
+    )
     finetune.add_argument("--max-level", default="public", help="only text at or below it trains (default public)")
     finetune.add_argument("--base", help="model to start from (default: the live index's)")
     finetune.add_argument("--out", type=Path, help="model directory to write (default ./finetuned-BASE)")
@@ -178,6 +183,7 @@ def _run_finetune(args: argparse.Namespace, settings: FleetSettings) -> int:
     request = FinetuneRequest(
         pairs=args.pairs,
         from_corpus=args.from_corpus,
+        from_feedback=args.from_feedback,
         max_level=AccessLevel.parse(args.max_level),
         base=args.base,
         out=args.out,
@@ -209,6 +215,12 @@ def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
             lines.append(
                 f"{'':12s} {s['searches']} searches, mean {s['mean_ms']:.1f} ms, {s['hits_per_search']:.1f} hits "
                 f"per search, {100 * s['empty_share']:.1f} % with none"
+            )
+        if v["feedback"]:
+            f = v["feedback"]
+            lines.append(
+                f"{'':12s} useful rate {100 * f['useful_rate']:.1f} % ({f['relevant']} of {f['marked']} hits "
+                "given feedback marked relevant)"
             )
     return _emit(args, versions, "\n".join(lines) or "no index versions yet")
 

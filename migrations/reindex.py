@@ -19,7 +19,7 @@ from producer.index import target_dim
 from workers.core import identifiers
 from workers.core.constants import ANALYZER, LIVE_ALIAS, RATE_WINDOW_S, STATE_BUILDING, STATE_LIVE, STATE_RETIRED
 from workers.core.errors import InvalidInput, ServiceUnavailable
-from workers.core.stores import catalog, milvus, progress
+from workers.core.stores import audit, catalog, milvus, progress
 from workers.core.stores.catalog import IndexVersion
 from workers.embedding import resolve_model
 from workers.embedding.base import fit_dimension
@@ -316,6 +316,7 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
     statuses = []
     current = catalog.canary(conn)
     searched = _search_figures(conn)
+    useful = audit.useful_rates(conn)
     for version in catalog.all_versions(conn):
         counts = progress.progress(conn, version.id)
         rate = progress.recent_rate(conn, RATE_WINDOW_S, version.id)
@@ -335,9 +336,18 @@ def version_status(conn: psycopg.Connection) -> list[dict]:
                 "eta_s": progress.eta_seconds(counts.pending, rate),
                 "canary_percent": current[1] if current and current[0].id == version.id else None,
                 "searches": searched.get(version.id),
+                "feedback": _feedback(useful.get(version.collection)),
             }
         )
     return statuses
+
+
+def _feedback(counts: tuple[int, int] | None) -> dict | None:
+    """Hits given feedback, and the share marked relevant (the useful rate)."""
+    if counts is None:
+        return None
+    relevant, marked = counts
+    return {"marked": marked, "relevant": relevant, "useful_rate": relevant / marked}
 
 
 def _search_figures(conn: psycopg.Connection) -> dict[int, dict]:

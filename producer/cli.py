@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="MRR@10, Hit@1 and Hit@5 of the live index on labelled queries")
     evaluate.add_argument("file", type=Path, help='JSON lines of {"query", "level", "expected_document"}')
     _add_mode(evaluate)
+    evaluate.add_argument(
+        "--push-metrics",
+        action="store_true",
+        help="keep the figures for `producer serve-metrics` (fleet_eval_mrr, fleet_eval_hit_at_5) and its alerts",
+    )
     _add_json(evaluate, _run_eval)
 
     exporter = commands.add_parser("serve-metrics", help="export queue depth, backlog, rate and ETA to Prometheus")
@@ -93,8 +98,17 @@ def _add_keys(commands: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--level", type=_level, required=True, help=f"highest level it reads: {', '.join(AccessLevel.names())}"
     )
+    create.add_argument(
+        "--rate", type=float, metavar="R", help="requests per second it may send (default FLEET_API_RATE_PER_KEY)"
+    )
+    create.add_argument(
+        "--burst", type=int, metavar="B", help="requests it may send at once (with --rate; default a second's worth)"
+    )
+    create.add_argument(
+        "--expires", type=_expiry, metavar="WHEN", help="refused from then: 90d, 12h, 30m from now, or an ISO 8601 time"
+    )
     _add_json(create, _run_keys_create)
-    listing = actions.add_parser("list", help="names, levels, created and last used (never the keys)")
+    listing = actions.add_parser("list", help="names, levels, limits, created and last used (never the keys)")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     _add_json(listing, _run_keys_list)
     revoke = actions.add_parser("revoke", help="revoke a key: refused by the service within seconds")
@@ -142,15 +156,26 @@ def _weights(value: str):
 
 def _when(value: str):
     """An ISO 8601 time (UTC unless it names its zone), or a span ago: `7d`, `24h`, `30m`."""
+    return _time(value, -1, "7d")
+
+
+def _expiry(value: str):
+    """An ISO 8601 time (UTC unless it names its zone), or a span from now: `90d`, `12h`, `30m`."""
+    return _time(value, 1, "90d")
+
+
+def _time(value: str, direction: int, example: str):
     from datetime import UTC, datetime, timedelta
 
     units = {"d": "days", "h": "hours", "m": "minutes"}
     if value[:-1].isdigit() and value[-1:] in units:
-        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+        return datetime.now(UTC) + direction * timedelta(**{units[value[-1]]: int(value[:-1])})
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a time: use 2026-12-01, 2026-12-01T08:00 or 7d") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time: use 2026-12-01, 2026-12-01T08:00 or {example}"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -233,7 +258,7 @@ def _print_hits(found) -> None:
 def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import commands
 
-    result = commands.evaluate_live(settings, args.file, args.mode)
+    result = commands.evaluate_live(settings, args.file, args.mode, args.push_metrics)
     _print(
         args,
         result,
@@ -241,6 +266,7 @@ def _run_eval(args: argparse.Namespace, settings: FleetSettings) -> int:
             f"{result['index']} ({result['model']}, {result['dim']} dims, {result['mode']}) "
             f"on {result['queries']} queries: "
             f"MRR@10 {result['mrr']:.3f}, Hit@1 {result['hit_at_1']:.3f}, Hit@5 {result['hit_at_5']:.3f}"
+            + ("; kept for serve-metrics" if result["pushed"] else "")
         ),
     )
     return 0
@@ -272,9 +298,17 @@ def _run_serve(args: argparse.Namespace, settings: FleetSettings) -> int:
 def _run_keys_create(args: argparse.Namespace, settings: FleetSettings) -> int:
     from producer import keys
 
+    limits = keys.Limits(args.rate, args.burst, args.expires)
     with _connection(settings) as conn:
-        key = keys.create(conn, args.name, args.level)
-    created = {"name": args.name, "level": args.level.name, "key": key}
+        key = keys.create(conn, args.name, args.level, limits)
+    created = {
+        "name": args.name,
+        "level": args.level.name,
+        "key": key,
+        "rate": args.rate,
+        "burst": args.burst or (keys.default_burst(args.rate) if args.rate else None),
+        "expires": args.expires.isoformat() if args.expires else None,
+    }
     if args.json:
         _print(args, created, lambda: None)
     else:  # the key alone on stdout, so that KEY=$(producer keys create ...) works
@@ -297,9 +331,10 @@ def _print_keys(listed: list[dict]) -> None:
         print("no API keys: create one with `producer keys create --name NAME --level LEVEL`")
     for key in listed:
         revoked = f"  REVOKED {key['revoked']}" if key.get("revoked") else ""
+        rate = f"{key['rate']:g}/s burst {key['burst']}" if key["rate"] else "default rate"
         print(
-            f"{key['name']:24s} {key['level']:14s} {key['prefix']}…  created {key['created']}  "
-            f"last used {key['last_used'] or 'never'}{revoked}"
+            f"{key['name']:24s} {key['level']:14s} {key['prefix']}…  {rate}  expires {key['expires'] or 'never'}  "
+            f"created {key['created']}  last used {key['last_used'] or 'never'}{revoked}"
         )
 
 

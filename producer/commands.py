@@ -7,7 +7,7 @@ from pathlib import Path
 from producer import ingest as ingesting
 from producer import search as searching
 from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, send_pending
-from producer.evaluate import evaluate, load_cases
+from producer.evaluate import evaluate, load_cases, record_result
 from producer.index import serving_version
 from workers import reconciler
 from workers.core.access import AccessLevel
@@ -117,11 +117,15 @@ def retry(settings: FleetSettings, include_pending: bool) -> int:
         return sent
 
 
-def evaluate_live(settings: FleetSettings, eval_file: Path, mode: str | None = None) -> dict:
-    """MRR@10, Hit@1 and Hit@5 of the index behind the alias on the cases in `eval_file`, in `mode`."""
+def evaluate_live(settings: FleetSettings, eval_file: Path, mode: str | None = None, push: bool = False) -> dict:
+    """MRR@10, Hit@1 and Hit@5 of the index behind the alias on the cases in `eval_file`, in `mode`;
+    with `push`, kept for `producer serve-metrics` to export (fleet_eval_mrr, fleet_eval_hit_at_5)."""
     cases = load_cases(eval_file)
     with closing(postgres.connect(settings)) as conn:
         client = milvus.connect(settings)
         version = serving_version(conn, client)
         milvus.ensure_loaded(client, version.collection)
-        return evaluate(conn, client, version, cases, settings.device, mode)
+        result = evaluate(conn, client, version, cases, settings.device, mode)
+        if push:
+            record_result(conn, result)
+        return result | {"pushed": push}

@@ -2,10 +2,13 @@
 
 An eval file holds JSON lines `{"query", "level", "expected_document"}` (the document's path as
 ingested). Hits are ranked by document: several chunks of one document count once, at its best.
+A run's figures can be kept in Postgres (`--push-metrics`), where `producer serve-metrics` exports
+the latest per version for the alert rules (ops/prometheus/alerts.yml).
 """
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -13,7 +16,7 @@ from pymilvus import MilvusClient
 
 from producer.search import encoder_for, resolve_mode, search
 from workers.core.access import AccessLevel
-from workers.core.constants import KEYWORD
+from workers.core.constants import KEYWORD, STATE_BUILDING, STATE_LIVE
 from workers.core.errors import InvalidInput
 from workers.core.stores import milvus
 from workers.core.stores.catalog import IndexVersion
@@ -77,3 +80,32 @@ def evaluate(
         "hit_at_1": sum(1 for rank in ranks if rank == 1) / count,
         "hit_at_5": sum(1 for rank in ranks if rank and rank <= 5) / count,
     }
+
+
+def record_result(conn: psycopg.Connection, result: dict) -> None:
+    """Keep a run's figures (`producer eval --push-metrics`) for `producer serve-metrics` to export."""
+    conn.execute(
+        "INSERT INTO eval_results (index_name, mode, queries, mrr, hit_at_5) VALUES (%s, %s, %s, %s, %s)",
+        (result["index"], result["mode"], result["queries"], result["mrr"], result["hit_at_5"]),
+    )
+
+
+@dataclass(frozen=True)
+class LatestResult:
+    index_name: str
+    mode: str
+    mrr: float
+    hit_at_5: float
+    created_at: datetime
+
+
+def latest_results(conn: psycopg.Connection) -> list[LatestResult]:
+    """The last recorded run per index version still in use (live or being built) and mode: a
+    retired version's figures would alert about an index nobody searches."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (e.index_name, e.mode) e.index_name, e.mode, e.mrr, e.hit_at_5, e.created_at"
+        " FROM eval_results e JOIN index_versions v ON v.collection = e.index_name WHERE v.state IN (%s, %s)"
+        " ORDER BY e.index_name, e.mode, e.created_at DESC",
+        (STATE_LIVE, STATE_BUILDING),
+    ).fetchall()
+    return [LatestResult(*row) for row in rows]

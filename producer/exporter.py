@@ -2,7 +2,8 @@
 
 Flower does not show queue length (flower#1173): this exports the broker's queue depth, the
 backlog per index version from Postgres, the recent embedding rate and the backlog's ETA, read
-fresh on every scrape.
+fresh on every scrape; and the retrieval quality `producer eval --push-metrics` last measured,
+with the threshold the alert rules compare it to (FLEET_EVAL_ALERT_MRR).
 """
 
 import time
@@ -12,6 +13,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from producer.evaluate import latest_results
 from workers import reconciler
 from workers.core.broker import queue_depth
 from workers.core.constants import EMBED_QUEUE, RATE_WINDOW_S
@@ -60,6 +62,24 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(
                 "fleet_outbox_rows", "Vector deletions Milvus has not confirmed", value=outbox.pending(conn)
             )
+            yield from self._quality(conn)
+
+    def _quality(self, conn):
+        labels = ["index", "mode"]
+        mrr = GaugeMetricFamily("fleet_eval_mrr", "MRR@10 of the last `producer eval --push-metrics`", labels=labels)
+        hit_at_5 = GaugeMetricFamily("fleet_eval_hit_at_5", "Hit@5 of the last eval run", labels=labels)
+        age = GaugeMetricFamily("fleet_eval_age_seconds", "Seconds since the last eval run", labels=labels)
+        now = time.time()
+        for result in latest_results(conn):
+            mrr.add_metric([result.index_name, result.mode], result.mrr)
+            hit_at_5.add_metric([result.index_name, result.mode], result.hit_at_5)
+            age.add_metric([result.index_name, result.mode], now - result.created_at.timestamp())
+        yield from (mrr, hit_at_5, age)
+        yield GaugeMetricFamily(
+            "fleet_eval_alert_mrr",
+            "MRR@10 below which FleetRetrievalQualityLow fires (FLEET_EVAL_ALERT_MRR)",
+            value=self.settings.eval_alert_mrr,
+        )
 
     def _queue_depth(self):
         depth = GaugeMetricFamily("fleet_queue_depth", "Task messages waiting in the broker", labels=["queue"])

@@ -1,16 +1,18 @@
 """API keys of the query service: each carries an access level, and only its SHA-256 is stored.
 
 A key is `fk_` followed by 32 random bytes (URL-safe base64). `producer keys create` prints it
-once; Postgres keeps its hash, a short prefix to recognise it by, its name and level. A key is
-never logged. Keys are high-entropy, so one unsalted SHA-256 is enough (nothing to brute-force).
+once; Postgres keeps its hash, a short prefix to recognise it by, its name and level, and its
+limits: a rate (requests per second, with a burst) and an expiry. A key is never logged. Keys are
+high-entropy, so one unsalted SHA-256 is enough (nothing to brute-force).
 """
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg.rows import class_row
@@ -24,6 +26,9 @@ KEY_BYTES = 32
 # "fk_" and 7 characters of the random part (42 of its 256 bits): enough to tell keys apart.
 SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 7
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Bounds of a key's own limits: past them a number is a typing mistake, not a policy.
+MAX_RATE = 100_000.0
+MAX_BURST = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,9 @@ class KeyRecord:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    rate_per_s: float | None
+    burst: int | None
+    expires_at: datetime | None
 
     def to_dict(self) -> dict:
         record = {
@@ -42,6 +50,9 @@ class KeyRecord:
             "prefix": self.prefix,
             "created": self.created_at.isoformat(),
             "last_used": self.last_used_at.isoformat() if self.last_used_at else None,
+            "rate": self.rate_per_s,
+            "burst": self.burst or (default_burst(self.rate_per_s) if self.rate_per_s else None),
+            "expires": self.expires_at.isoformat() if self.expires_at else None,
         }
         if self.revoked_at:
             record["revoked"] = self.revoked_at.isoformat()
@@ -49,11 +60,29 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A key's own limits; None: the service's defaults (FLEET_API_RATE_PER_KEY, ...), no expiry."""
+
+    rate_per_s: float | None = None
+    burst: int | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Caller:
-    """Who a valid key belongs to, and the highest level it reads."""
+    """Who a valid key belongs to, the highest level it reads, and its own limits."""
 
     name: str
     level: AccessLevel
+    limits: Limits = Limits()
+
+    def expired(self, now: datetime) -> bool:
+        return self.limits.expires_at is not None and self.limits.expires_at <= now
+
+
+def default_burst(rate_per_s: float) -> int:
+    """A key's burst when none is given: a second's worth of requests, at least one."""
+    return max(1, math.ceil(rate_per_s))
 
 
 def new_key() -> str:
@@ -77,18 +106,40 @@ def check_name(name: str) -> str:
     return name
 
 
-def create(conn: psycopg.Connection, name: str, level: AccessLevel) -> str:
-    """Store a new key for `name` at `level`; returns the key, which is not kept anywhere."""
+def check_limits(limits: Limits, now: datetime) -> Limits:
+    if limits.rate_per_s is not None and not 0 < limits.rate_per_s <= MAX_RATE:
+        raise InvalidInput(f"--rate {limits.rate_per_s:g}: give requests per second above 0 and at most {MAX_RATE}")
+    if limits.burst is not None:
+        if limits.rate_per_s is None:
+            raise InvalidInput("--burst needs --rate: it is the number of requests the key may send at once")
+        if not 1 <= limits.burst <= MAX_BURST:
+            raise InvalidInput(f"--burst {limits.burst}: give a whole number from 1 to {MAX_BURST}")
+    if limits.expires_at is not None and limits.expires_at <= now:
+        raise InvalidInput(f"--expires {limits.expires_at.isoformat()} is not in the future")
+    return limits
+
+
+def create(conn: psycopg.Connection, name: str, level: AccessLevel, limits: Limits = Limits()) -> str:
+    """Store a new key for `name` at `level` with its `limits`; returns the key, which is not kept anywhere."""
     check_name(name)
+    check_limits(limits, datetime.now(UTC))
     key = new_key()
     try:
         with conn.transaction():  # the key and its audit event, or neither
             conn.execute(
-                "INSERT INTO api_keys (name, prefix, key_sha256, access_level) VALUES (%s, %s, %s, %s)",
-                (name, key[:SHOWN_PREFIX_CHARS], key_hash(key), int(level)),
+                "INSERT INTO api_keys (name, prefix, key_sha256, access_level, rate_per_s, burst, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    name,
+                    key[:SHOWN_PREFIX_CHARS],
+                    key_hash(key),
+                    int(level),
+                    limits.rate_per_s,
+                    limits.burst,
+                    limits.expires_at,
+                ),
             )
-            detail = f"reads up to {level.name}; prefix {key[:SHOWN_PREFIX_CHARS]}"
-            audit.record_event(conn, audit.KEY_CREATED, name, detail)
+            audit.record_event(conn, audit.KEY_CREATED, name, _described(level, key, limits))
     except psycopg.errors.UniqueViolation as err:
         raise InvalidInput(
             f"a key named {name!r} exists: revoke it first (`producer keys revoke {name}`) or choose another name"
@@ -96,7 +147,16 @@ def create(conn: psycopg.Connection, name: str, level: AccessLevel) -> str:
     return key
 
 
-_COLUMNS = "name, access_level, prefix, created_at, last_used_at, revoked_at"
+def _described(level: AccessLevel, key: str, limits: Limits) -> str:
+    detail = f"reads up to {level.name}; prefix {key[:SHOWN_PREFIX_CHARS]}"
+    if limits.rate_per_s is not None:
+        detail += f"; {limits.rate_per_s:g} requests/s" + (f", burst {limits.burst}" if limits.burst else "")
+    if limits.expires_at is not None:
+        detail += f"; expires {limits.expires_at.isoformat()}"
+    return detail
+
+
+_COLUMNS = "name, access_level, prefix, created_at, last_used_at, revoked_at, rate_per_s, burst, expires_at"
 
 
 def list_keys(conn: psycopg.Connection, include_revoked: bool = False) -> list[KeyRecord]:
@@ -120,10 +180,17 @@ def revoke(conn: psycopg.Connection, name: str) -> KeyRecord:
 
 
 def active_keys_by_prefix(conn: psycopg.Connection, prefix: str | None = None) -> list[tuple[str, str, Caller]]:
-    """(prefix, hash, caller) of every active key, or of those with this prefix."""
-    query = "SELECT prefix, key_sha256, name, access_level FROM api_keys WHERE revoked_at IS NULL"
+    """(prefix, hash, caller) of every key not revoked (expired ones too: the service says why it
+    refuses them), or of those with this prefix."""
+    query = (
+        "SELECT prefix, key_sha256, name, access_level, rate_per_s, burst, expires_at"
+        " FROM api_keys WHERE revoked_at IS NULL"
+    )
     rows = conn.execute(query + " AND prefix = %s", (prefix,)) if prefix is not None else conn.execute(query)
-    return [(found, digest, Caller(name, AccessLevel(level))) for found, digest, name, level in rows.fetchall()]
+    return [
+        (found, digest, Caller(name, AccessLevel(level), Limits(rate, burst, expires)))
+        for found, digest, name, level, rate, burst, expires in rows.fetchall()
+    ]
 
 
 def mark_used(conn: psycopg.Connection, digests: list[str]) -> None:

@@ -19,6 +19,7 @@ import psycopg
 
 from migrations.finetune import compare, negatives, require_train_extra, train
 from migrations.finetune.corpus import CorpusChunk, corpus_pairs, read_chunks
+from migrations.finetune.feedback import feedback_pairs
 from migrations.finetune.pairs import Pair, PairsReport, read_pairs, require_enough
 from migrations.finetune.train import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, WARMUP_RATIO, TrainOptions
 from producer.evaluate import EvalCase, load_cases
@@ -42,6 +43,7 @@ TRAINING_FILE = "training.json"  # a finished one
 class FinetuneRequest:
     pairs: list[Path] = field(default_factory=list)
     from_corpus: bool = False
+    from_feedback: bool = False
     max_level: AccessLevel = AccessLevel.public
     base: str | None = None
     out: Path | None = None
@@ -66,14 +68,15 @@ class Prepared:
     chunks: list[CorpusChunk]  # the indexed text at or below --max-level
     reports: list[PairsReport]
     corpus_report: PairsReport | None
+    feedback_report: PairsReport | None
     cases: list[EvalCase] | None
 
 
 def run(settings: FleetSettings, request: FinetuneRequest) -> dict:
     require_train_extra(request.lora)
     _check_numbers(request)
-    if not request.pairs and not request.from_corpus:
-        raise InvalidInput("no training pairs: give --pairs FILE (repeatable) or --from-corpus")
+    if not request.pairs and not request.from_corpus and not request.from_feedback:
+        raise InvalidInput("no training pairs: give --pairs FILE (repeatable), --from-corpus or --from-feedback")
     file_pairs, reports = read_pairs(request.pairs) if request.pairs else ([], [])
     cases = load_cases(request.eval_file) if request.eval_file else None
     with closing(postgres.connect(settings)) as conn:
@@ -82,15 +85,22 @@ def run(settings: FleetSettings, request: FinetuneRequest) -> dict:
         if request.dim and request.dim > info.dim:
             raise InvalidInput(f"--dim {request.dim} is above {base}'s {info.dim} dimensions: give at most {info.dim}")
         chunks = read_chunks(conn, request.max_level)
-        made = corpus_pairs(chunks) if request.from_corpus else []
-        pairs, sources, corpus_report = _all_pairs(file_pairs, made)
-        require_enough(pairs, reports + ([corpus_report] if corpus_report else []))
+        pairs, sources = list(file_pairs), [None] * len(file_pairs)
+        feedback_report = corpus_report = None
+        if request.from_feedback:  # first: a person's verdict wins over a weak pair with the same text
+            feedback_report = _add_made(pairs, sources, *feedback_pairs(conn, request.max_level))
+        if request.from_corpus:
+            corpus = PairsReport("(indexed chunks)", "", "corpus")
+            corpus_report = _add_made(pairs, sources, corpus_pairs(chunks), corpus)
+        require_enough(pairs, reports + [report for report in (feedback_report, corpus_report) if report])
         out = request.out or Path(f"finetuned-{Path(base).name}")
         options = TrainOptions(
             base, out, request.epochs, request.batch_size, request.learning_rate, request.lora, request.dim, info.dim
         )
         _prepare_out(out, _fingerprint(request, base, reports, len(pairs)), request.overwrite)
-        prepared = Prepared(request, options, info, pairs, sources, chunks, reports, corpus_report, cases)
+        prepared = Prepared(
+            request, options, info, pairs, sources, chunks, reports, corpus_report, feedback_report, cases
+        )
         return _finetune(settings, conn, prepared)
 
 
@@ -124,7 +134,10 @@ def _finetune(settings: FleetSettings, conn: psycopg.Connection, prepared: Prepa
 def _record(prepared: Prepared, training, held_out, train_pairs, result, before: dict, after: dict) -> dict:
     """training.json: the data with its hashes and counts, the settings, the losses, both measures."""
     request, options, info = prepared.request, prepared.options, prepared.info
-    from_files = sum(1 for pair, _ in training if pair.negative)
+    # Before mining, only file pairs (no source) and feedback pairs (a source) carry a negative.
+    from_files = sum(1 for pair, source in training if pair.negative and source is None)
+    from_feedback = sum(1 for pair, source in training if pair.negative and source is not None)
+    given = from_files + from_feedback
     with_negative = sum(1 for pair in train_pairs if pair.negative)
     out = options.out.resolve()
     return {
@@ -136,6 +149,7 @@ def _record(prepared: Prepared, training, held_out, train_pairs, result, before:
         "data": {
             "files": [report.to_dict() for report in prepared.reports],
             "from_corpus": prepared.corpus_report.to_dict() if prepared.corpus_report else None,
+            "from_feedback": prepared.feedback_report.to_dict() if prepared.feedback_report else None,
             "max_level": request.max_level.name,
             "levels_used": _levels_used(prepared.chunks, training, train_pairs),
             "pairs": len(prepared.pairs),
@@ -143,7 +157,8 @@ def _record(prepared: Prepared, training, held_out, train_pairs, result, before:
             "held_out_pairs": len(held_out),
             "hard_negatives": {
                 "from_files": from_files,
-                "mined": with_negative - from_files,
+                "from_feedback": from_feedback,
+                "mined": with_negative - given,
                 "none": len(train_pairs) - with_negative,
             },
         },
@@ -196,15 +211,15 @@ def _base_model(conn, base: str | None) -> str:
     return base
 
 
-def _all_pairs(file_pairs: list[Pair], made: list[tuple[Pair, int]]):
-    """File pairs, then corpus pairs not already among them; each with its document (None: a file's)."""
-    pairs, sources, seen = list(file_pairs), [None] * len(file_pairs), set(file_pairs)
-    report = PairsReport("(indexed chunks)", "", "corpus") if made else None
+def _add_made(pairs: list[Pair], sources: list, made: list[tuple[Pair, int]], report: PairsReport) -> PairsReport:
+    """Add the pairs made from the index (each with its document) that are not already among
+    `pairs` (from files: source None); counted in `report`."""
+    seen = set(pairs)
     for pair, document_id in made:
         if report.admit(pair, seen):
             pairs.append(pair)
             sources.append(document_id)
-    return pairs, sources, report
+    return report
 
 
 def _split(pairs: list[Pair], sources: list, hold_out: bool):
@@ -235,6 +250,7 @@ def _fingerprint(request: FinetuneRequest, base: str, reports: list[PairsReport]
         "base": base,
         "files": [report.sha256 for report in reports],
         "from_corpus": request.from_corpus,
+        "from_feedback": request.from_feedback,
         "max_level": request.max_level.name,
         "pairs": pairs,
         "epochs": request.epochs,
@@ -272,13 +288,17 @@ def _file_digest(path: Path) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def _with_negative(hard_negatives: dict) -> int:
+    return hard_negatives["from_files"] + hard_negatives["from_feedback"] + hard_negatives["mined"]
+
+
 def describe(record: dict) -> str:
     """The result for people: what was trained, on what, and before against after."""
     data, evaluation = record["data"], record["evaluation"]
     before, after = evaluation["before"], evaluation["after"]
     lines = [
         f"trained {record['base_model']} on {data['train_pairs']} pairs "
-        f"({data['hard_negatives']['from_files'] + data['hard_negatives']['mined']} with a hard negative) "
+        f"({_with_negative(data['hard_negatives'])} with a hard negative) "
         f"in {record['training']['steps']} steps, {record['training']['seconds']:.0f}s ({record['device']})",
         f"{evaluation['method']}: MRR@10 {before['mrr']:.3f} -> {after['mrr']:.3f} ({evaluation['mrr_change']:+.3f}), "
         f"Hit@1 {before['hit_at_1']:.3f} -> {after['hit_at_1']:.3f}, "

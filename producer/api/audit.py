@@ -4,7 +4,10 @@ A search's record (key, level, version, mode, the query as FLEET_SEARCH_LOG says
 their documents, latency, time) waits in a bounded buffer and is written in batches at every
 poll, off the request path. A full buffer drops the newest record, counts it
 (`fleet_api_search_log_dropped_total`) and says so in the log once per outage: never a silent
-loss. With FLEET_AUDIT_REQUIRED the record is written before the answer goes, and a search whose
+loss. Refusals identical to one waiting (same key, status and reason) are counted in it, so a
+flood of refused requests takes one place in the buffer, not the room of the searches.
+
+With FLEET_AUDIT_REQUIRED the record is written before the answer goes, and a search whose
 record cannot be written is refused (503): fail closed.
 """
 
@@ -40,8 +43,9 @@ class SearchLog:
         self.stores = stores
         self.metrics = metrics
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._searches: collections.deque[SearchRecord] = collections.deque()
-        self._events: collections.deque[Event] = collections.deque()
+        self._events: dict[tuple, Event] = {}  # by what identical events share, in arrival order
         self._capacity = settings.search_log_buffer
         self._dropping = False
         self._pruned_at = -PRUNE_EVERY_S
@@ -77,32 +81,58 @@ class SearchLog:
         if self.required:
             self._write_now(record)
         else:
-            self._queue(self._searches, record)
+            self._queue(record)
         return record.id
 
     def record_refusal(self, key_name: str | None, status: int, detail: str) -> None:
-        if self.mode != "off":
-            self._queue(self._events, Event(audit.REFUSED, key_name, status, detail, datetime.now(UTC)))
+        if self.mode == "off":
+            return
+        event = Event(audit.REFUSED, key_name, status, detail, datetime.now(UTC))
+        with self._lock:
+            waiting = self._events.get(event.same)
+            if waiting is not None:
+                waiting.count += 1
+                return
+        self._queue(event)
 
     def flush(self) -> None:
         """Write what waits (at every poll); hourly, delete what is older than FLEET_SEARCH_LOG_DAYS
         (the reconciler does it too: a deployment without workers keeps the bound)."""
+        with self._flushing:  # one at a time (the poll, a feedback): each record written and removed once
+            self._flush()
+
+    def _flush(self) -> None:
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self.prune()
             self._pruned_at = time.monotonic()
-        with self._lock:
-            searches, events = list(self._searches), list(self._events)
+        with self._lock:  # the events leave now (later refusals start new ones), back if not written
+            searches, events, self._events = list(self._searches), self._events, {}
         if searches or events:
-            with self.stores.connection() as conn:
-                audit.write_searches(conn, searches)
-                audit.write_events(conn, events)
+            try:
+                with self.stores.connection() as conn:
+                    audit.write_searches(conn, searches)
+                    audit.write_events(conn, list(events.values()))
+            except BaseException:
+                self._put_back(events)
+                raise
             with self._lock:  # written: only now do they leave the buffer (an outage loses none)
                 for _ in searches:
                     self._searches.popleft()
-                for _ in events:
-                    self._events.popleft()
                 self._dropping = False
         self.metrics.search_log_waiting.set(len(self._searches) + len(self._events))
+
+    def find(self, search_id: str) -> audit.LoggedSearch | None:
+        """The search as recorded (blocking); one of this replica's still waiting is written first."""
+        with self._lock:
+            waiting = any(record.id == search_id for record in self._searches)
+        if waiting:
+            self.flush()
+        with self.stores.connection() as conn:
+            return audit.find_search(conn, search_id)
+
+    def record_feedback(self, search_id: str, chunk_id: str, relevant: bool, note: str | None) -> None:
+        with self.stores.connection() as conn:
+            audit.write_feedback(conn, search_id, chunk_id, relevant, note)
 
     def prune(self) -> int:
         with self.stores.connection() as conn:
@@ -118,10 +148,23 @@ class SearchLog:
                 "not answered; try again when Postgres answers"
             ) from err
 
-    def _queue(self, buffer: collections.deque, item) -> None:
+    def _put_back(self, events: dict[tuple, Event]) -> None:
+        """Events that could not be written, ahead of (and counting) those refused since."""
+        with self._lock:
+            for same, event in self._events.items():
+                if same in events:
+                    events[same].count += event.count
+                else:
+                    events[same] = event
+            self._events = events
+
+    def _queue(self, item: SearchRecord | Event) -> None:
         with self._lock:
             if len(self._searches) + len(self._events) < self._capacity:
-                buffer.append(item)
+                if isinstance(item, Event):
+                    self._events[item.same] = item
+                else:
+                    self._searches.append(item)
                 return
             warn, self._dropping = not self._dropping, True
         self.metrics.search_log_dropped.inc()

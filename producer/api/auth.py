@@ -3,12 +3,15 @@
 The active keys are read every FLEET_API_POLL_S, so a revoked key is refused within that (the
 setting is at most 5 s), and a key created a moment ago is looked up on first sight. A key is
 found by its non-secret prefix, then its hash compared in constant time; keys are never logged.
-Keys that could not be re-read for 10 s fail closed (503): a revocation must not be missed.
+Keys that could not be re-read for 10 s fail closed (503): a revocation must not be missed. An
+expired key is refused (401) from the moment it expires; a key past its rate, with 429
+(ratelimit.py).
 """
 
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -121,6 +124,11 @@ async def caller(
         found = await run_in_threadpool(ring.look_up, key, digest)
     if found is None:
         raise _unauthorized("invalid or revoked API key")
+    request.state.key_name = found.name  # for the audit of a refusal, here or later in the request
+    if found.expired(datetime.now(UTC)):
+        raise _unauthorized(
+            f"this API key expired at {found.limits.expires_at.isoformat()}: ask for a new one (`producer keys create`)"
+        )
     ring.used(digest)
-    request.state.key_name = found.name  # for the audit of a refusal later in the request
+    await request.app.state.service.limits.admit(found)
     return found

@@ -8,14 +8,18 @@ Milvus search) never runs on the event loop.
 
 Lanes are priorities: a batch is taken from the first lane that has work, and only from it, so
 a search's forward pass waits for at most the batch already running, never for a queue of bulk
-embeddings (lane 0 before lane 1, each in arrival order).
+embeddings (lane 0 before lane 1).
+
+Within a lane the owners of the work (API keys) take turns: one item of each owner with work,
+then the next round, each owner's items in arrival order. A key with a thousand items waiting
+delays another key's first item by at most one item of its own, so it cannot starve the others.
 """
 
 import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -24,6 +28,31 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class FairLane(Generic[T]):
+    """One lane's waiting work: the owners in turn, each owner's items in arrival order."""
+
+    def __init__(self) -> None:
+        self._by_owner: OrderedDict[str, deque[T]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._by_owner)
+
+    def append(self, owner: str, entry: T) -> None:
+        self._by_owner.setdefault(owner, deque()).append(entry)  # a new owner: after those waiting
+
+    def peek(self) -> T:
+        return next(iter(self._by_owner.values()))[0]
+
+    def popleft(self) -> T:
+        owner, waiting = next(iter(self._by_owner.items()))
+        entry = waiting.popleft()
+        if waiting:
+            self._by_owner.move_to_end(owner)  # its next item after every other owner's
+        else:
+            del self._by_owner[owner]
+        return entry
 
 
 class MicroBatcher(Generic[T, R]):
@@ -48,7 +77,7 @@ class MicroBatcher(Generic[T, R]):
         self._cost = cost
         self._wait_s = wait_s
         self._on_batch = on_batch
-        self._lanes: list[deque[tuple[T, Future]]] = [deque() for _ in range(lanes)]
+        self._lanes: list[FairLane[tuple[T, Future]]] = [FairLane() for _ in range(lanes)]
         self._changed = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
@@ -58,18 +87,18 @@ class MicroBatcher(Generic[T, R]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, item: T, lane: int = 0) -> Future:
-        """Queue `item` from any thread; the future resolves with its result."""
+    def submit(self, item: T, lane: int = 0, owner: str = "") -> Future:
+        """Queue `item` of `owner` from any thread; the future resolves with its result."""
         future: Future = Future()
         with self._changed:
-            self._lanes[lane].append((item, future))
+            self._lanes[lane].append(owner, (item, future))
             self._changed.notify()
         return future
 
-    async def run_many(self, items: list[T], lane: int = 0) -> list[R]:
-        """The results of `items`, batched with whatever else is waiting in their lane. Cancelling
-        the caller cancels the items not yet running."""
-        futures = [self.submit(item, lane) for item in items]
+    async def run_many(self, items: list[T], lane: int = 0, owner: str = "") -> list[R]:
+        """The results of `items`, batched with whatever else is waiting in their lane (taking
+        turns with other owners'). Cancelling the caller cancels the items not yet running."""
+        futures = [self.submit(item, lane, owner) for item in items]
         return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -103,7 +132,7 @@ class MicroBatcher(Generic[T, R]):
             deadline = time.monotonic() + self._wait_s
             while spent < self._budget:
                 if waiting:
-                    cost = self._cost(waiting[0][0])
+                    cost = self._cost(waiting.peek()[0])
                     if spent + cost > self._budget:
                         break  # it heads the next batch of its lane
                     batch.append(waiting.popleft())

@@ -70,6 +70,16 @@ class ApiMetrics:
         self.search_log_waiting = Gauge(
             "fleet_api_search_log_waiting", "Search records and audit events not yet written", registry=self.registry
         )
+        self.feedback = Counter(
+            "fleet_api_feedback", "Feedback on hits received", ["index", "relevant"], registry=self.registry
+        )
+        # From Postgres: every replica's feedback, over the searches kept (FLEET_SEARCH_LOG_DAYS).
+        self.useful_rate = Gauge(
+            "fleet_api_useful_rate",
+            "Share of the hits given feedback that were marked relevant, per index version (all replicas)",
+            ["index"],
+            registry=self.registry,
+        )
 
     def batch_observer(self, stage: str) -> Callable[[int, float], None]:
         size, seconds = self.batch_size.labels(stage), self.batch_seconds.labels(stage)

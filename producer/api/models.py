@@ -5,6 +5,7 @@ depend on settings (query length, number of inputs) are checked by the routes (4
 `dimensions` against the live index's; openapi.py writes those limits into the schema.
 """
 
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -148,6 +149,38 @@ class SearchResponse(BaseModel):
     search_id: str | None = Field(
         description="This search's record in the search log (`producer audit`); null with FLEET_SEARCH_LOG=off."
     )
+
+
+def _search_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("not a search_id: give the `search_id` a /v1/search response carried") from None
+
+
+# Feedback's bounds: a chunk id is a short hash; a note is a sentence or two, not a document.
+MAX_CHUNK_ID_CHARS = 256
+MAX_NOTE_CHARS = 2000
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    search_id: Annotated[str, AfterValidator(_search_id)] = Field(
+        description="The `search_id` of a search this key made.", json_schema_extra={"format": "uuid"}
+    )
+    chunk_id: str = Field(
+        min_length=1, max_length=MAX_CHUNK_ID_CHARS, description="A `chunk_id` among that search's hits."
+    )
+    relevant: bool = Field(description="Whether the hit answered the query.")
+    note: Text | None = Field(None, max_length=MAX_NOTE_CHARS, description="Why, in the searcher's words.")
+
+
+class FeedbackResponse(BaseModel):
+    search_id: str
+    chunk_id: str
+    relevant: bool
+    recorded: Literal[True] = Field(True, description="Stored with the search (a second verdict replaces the first).")
 
 
 NonEmptyText = Annotated[Text, Field(min_length=1)]

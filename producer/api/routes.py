@@ -13,6 +13,8 @@ from producer.api.models import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
     Health,
     IndexInfo,
     Info,
@@ -39,7 +41,11 @@ _ERRORS: dict[int | str, dict] = {
     }.items()
 }
 _FORBIDDEN = {"model": ErrorBody, "description": "`level` above the key's own level"}
-_TOO_MANY = {"model": ErrorBody, "description": "The key has too many tokens of embeddings in flight: retry later"}
+_TOO_MANY = {
+    "model": ErrorBody,
+    "description": "The key is over its rate (FLEET_API_RATE_PER_KEY or its own --rate), or has too many tokens of "
+    "embeddings in flight: retry after `Retry-After` seconds",
+}
 
 
 def _service(request: Request) -> QueryService:
@@ -62,7 +68,7 @@ def _check_lengths(service: QueryService, texts: list[str]) -> None:
 @router.post(
     "/v1/search",
     tags=["query"],
-    responses={**_ERRORS, 403: _FORBIDDEN},
+    responses={**_ERRORS, 403: _FORBIDDEN, 429: _TOO_MANY},
 )
 async def search(body: SearchRequest, request: Request, who: Annotated[Caller, Depends(caller)]) -> SearchResponse:
     """The best chunks for `query` among those the key (or the lower `level` asked) may read, in
@@ -81,6 +87,27 @@ async def search(body: SearchRequest, request: Request, who: Annotated[Caller, D
         "mode": answer.mode,
         "search_id": answer.search_id,
     }
+
+
+@router.post(
+    "/v1/feedback",
+    tags=["query"],
+    responses={
+        **_ERRORS,
+        403: {"model": ErrorBody, "description": "The search was made with another key"},
+        404: {"model": ErrorBody, "description": "No such search is recorded (or FLEET_SEARCH_LOG=off)"},
+        422: {"model": ErrorBody, "description": "Malformed body, or a chunk the search did not return"},
+        429: _TOO_MANY,
+    },
+)
+async def feedback(
+    body: FeedbackRequest, request: Request, who: Annotated[Caller, Depends(caller)]
+) -> FeedbackResponse:
+    """Whether a hit of one of this key's searches answered it: kept with the search (a second
+    verdict replaces the first), trained on by `migrate finetune --from-feedback`, counted in each
+    version's useful rate."""
+    await _service(request).feedback(who.name, body.search_id, body.chunk_id, body.relevant, body.note)
+    return FeedbackResponse(search_id=body.search_id, chunk_id=body.chunk_id, relevant=body.relevant)
 
 
 @router.post("/v1/embeddings", tags=["query"], responses={**_ERRORS, 429: _TOO_MANY})

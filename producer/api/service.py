@@ -17,6 +17,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from fastapi import HTTPException
+
 from producer.api.audit import SearchLog
 from producer.api.auth import KeyRing
 from producer.api.batching import MicroBatcher
@@ -33,13 +35,14 @@ from producer.api.embedder import (
 )
 from producer.api.live import Live, LiveIndex
 from producer.api.metrics import ApiMetrics
+from producer.api.ratelimit import RateLimiter
 from producer.api.stores import Stores, as_unavailable, describe
 from producer.search import SearchHit, check_weights, make_query, normalized, resolve_mode, search_queries
 from workers.core.access import AccessLevel
 from workers.core.constants import KEYWORD
 from workers.core.errors import InvalidInput, ServiceUnavailable
 from workers.core.settings import FleetSettings
-from workers.core.stores import milvus
+from workers.core.stores import audit, milvus
 from workers.core.stores.milvus import Weights
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ WARM_TEXTS = ["warm-up", "What is the annual leave policy?", "Chính sách ngh�
 WARM_TIMEOUT_S = 600.0
 # The model's lanes: a search's pass goes before every bulk embedding waiting.
 SEARCH_LANE, BULK_LANE = 0, 1
+# How often the useful rate per version is read from Postgres (an aggregate over the feedback kept),
+# unless this replica recorded feedback since (then at the next poll).
+USEFUL_RATE_EVERY_S = 60.0
 # A text's place in the cache: (index version, "query" or "document", text).
 CacheKey = tuple[int, str, str]
 Found = dict[CacheKey, Embedded | None]
@@ -84,6 +90,7 @@ class QueryService:
         self.metrics = metrics
         self.stores = Stores(settings)
         self.keys = KeyRing(self.stores)
+        self.limits = RateLimiter(settings)
         self.cache = VectorCache(settings.api_cache_size)
         self.live = LiveIndex(self.stores, settings.device, settings.api_threads, self._warm, self._switched)
         self.canary = CanaryFollower(self.stores, self.live.load)
@@ -107,6 +114,7 @@ class QueryService:
         )
         self._tasks: list[asyncio.Task] = []
         self._problems: dict[str, str] = {}  # what each poll last failed with, to log it once
+        self._useful_read_at = -USEFUL_RATE_EVERY_S
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class QueryService:
         self._tasks.append(asyncio.create_task(self._poll(self.canary.tick, "following the canary")))
         for flush, what in ((self.figures.flush, "recording search figures"), (self.search_log.flush, "search log")):
             self._tasks.append(asyncio.create_task(self._poll(flush, what, first=False)))
+        self._tasks.append(asyncio.create_task(self._poll(self._read_useful_rates, "reading useful rates")))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -129,6 +138,7 @@ class QueryService:
         self.embedder.close()
         self.searcher.close()
         self.stores.close()
+        await self.limits.close()
 
     async def _poll(self, step, what: str, first: bool = True) -> None:
         if first:
@@ -148,6 +158,15 @@ class QueryService:
         else:
             if self._problems.pop(what, None):
                 log.info("%s: recovered", what)
+
+    def _read_useful_rates(self) -> None:
+        if time.monotonic() - self._useful_read_at < USEFUL_RATE_EVERY_S:
+            return
+        with self.stores.connection() as conn:
+            rates = audit.useful_rates(conn)
+        self._useful_read_at = time.monotonic()
+        for index_name, (relevant, marked) in rates.items():
+            self.metrics.useful_rate.labels(index_name).set(relevant / marked)
 
     def _follow_live(self) -> None:
         try:
@@ -180,9 +199,9 @@ class QueryService:
         mode = resolve_mode(live.version, mode)
         check_weights(mode, weights)
         text = normalized(query)
-        vector = None if mode == KEYWORD else (await self.vectors(live, [text], "query"))[0].vector
+        vector = None if mode == KEYWORD else (await self.vectors(live, [text], "query", caller))[0].vector
         item = SearchItem(live, make_query(text, vector), level, top_k, mode, weights)
-        hits = (await self.searcher.run_many([item]))[0]
+        hits = (await self.searcher.run_many([item], owner=caller))[0]
         seconds = time.perf_counter() - started
         record = (caller, level, live.version.collection, mode, query, top_k, seconds, hits)
         if self.search_log.required:
@@ -194,6 +213,29 @@ class QueryService:
         if not hits:
             self.metrics.empty_searches.labels(live.version.collection).inc()
         return Answer(live, mode, hits, search_id)
+
+    async def feedback(self, caller: str, search_id: str, chunk_id: str, relevant: bool, note: str | None) -> None:
+        """Store a verdict on one hit of one of this key's searches: 404 for a search not recorded,
+        403 for another key's, 422 for a chunk it did not return (feedback cannot probe chunk ids)."""
+        if self.search_log.mode == "off":
+            raise HTTPException(404, "the search log is off (FLEET_SEARCH_LOG=off): no search can take feedback")
+        found = await asyncio.to_thread(self.search_log.find, search_id)
+        if found is None:  # made on another replica a moment ago: written at its next poll
+            await asyncio.sleep(self.settings.api_poll_s)
+            found = await asyncio.to_thread(self.search_log.find, search_id)
+        if found is None:
+            raise HTTPException(
+                404,
+                f"no search {search_id} is recorded: give the search_id of a search made within "
+                f"{self.settings.search_log_days} days (FLEET_SEARCH_LOG_DAYS)",
+            )
+        if found.key_name != caller:
+            raise HTTPException(403, "this search was made with another key: feedback comes from the key that searched")
+        if chunk_id not in found.chunk_ids:
+            raise HTTPException(422, f"chunk {chunk_id!r} is not among this search's hits: feedback is on its hits")
+        await asyncio.to_thread(self.search_log.record_feedback, search_id, chunk_id, relevant, note)
+        self.metrics.feedback.labels(found.index_name, str(relevant).lower()).inc()
+        self._useful_read_at = -USEFUL_RATE_EVERY_S  # the useful rates read again at the next poll
 
     async def embed(
         self, caller: str, texts: list[str], kind: str, dimensions: int | None
@@ -212,15 +254,15 @@ class QueryService:
         with self.budget.hold(caller, sum(tokens[key] for key in keys)):
             dim = live.version.dim
             items = [EmbedItem(live.encoder, dim, text, sequence) for text, sequence in zip(read, ids, strict=True)]
-            await self._fill(found, missing, items, BULK_LANE)
+            await self._fill(found, missing, items, BULK_LANE, caller)
         return live, [found[key] for key in keys]  # type: ignore[misc]
 
-    async def vectors(self, live: Live, texts: list[str], kind: str) -> list[Embedded]:
+    async def vectors(self, live: Live, texts: list[str], kind: str, caller: str = "") -> list[Embedded]:
         """Each text's vector in the live version's space: from the cache, else embedded in the
-        search lane."""
+        search lane (taking turns with other keys')."""
         keys, found, missing = self._cached(live, texts, kind)
         items = [EmbedItem(live.encoder, live.version.dim, self._as_read(live, key[2], kind)) for key in missing]
-        await self._fill(found, missing, items, SEARCH_LANE)
+        await self._fill(found, missing, items, SEARCH_LANE, caller)
         return [found[key] for key in keys]  # type: ignore[misc]
 
     def ready(self) -> list[str]:
@@ -248,10 +290,12 @@ class QueryService:
         self.metrics.cache_misses.inc(len(missing))
         return keys, found, missing
 
-    async def _fill(self, found: Found, missing: list[CacheKey], items: list[EmbedItem], lane: int) -> None:
-        """Embed `items` (the texts of `missing`) in `lane`; record them in `found` and the cache."""
+    async def _fill(
+        self, found: Found, missing: list[CacheKey], items: list[EmbedItem], lane: int, caller: str
+    ) -> None:
+        """Embed `items` (the texts of `missing`) in `lane` for `caller`; record them in `found` and the cache."""
         if missing:
-            for key, embedded in zip(missing, await self.embedder.run_many(items, lane), strict=True):
+            for key, embedded in zip(missing, await self.embedder.run_many(items, lane, caller), strict=True):
                 found[key] = embedded
                 self.cache.put(key, embedded)
 

@@ -92,7 +92,7 @@ def test_finetuned_model_raises_the_live_mrr_and_one_on_mismatched_pairs_is_refu
     random.Random(7).shuffle(shuffled)
     wrong = write_pairs(tmp_path / "wrong.tsv", [(q, p) for (q, _), p in zip(training, shuffled, strict=True)])
     bad = tmp_path / "mismatched"
-    finetune.run(settings, request(pairs=[wrong], base=str(out), out=bad, epochs=3, learning_rate=2e-4))
+    finetune.run(settings, request(pairs=[wrong], base=str(out), out=bad, epochs=1, learning_rate=5e-4))
     with pytest.raises(QualityGateFailed):
         migrate.run_reindex(settings, str(bad), None, False, eval_file, True, False, 0.02)
     with closing(postgres.connect(settings)) as conn:

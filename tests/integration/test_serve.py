@@ -230,7 +230,14 @@ def test_keys_commands_a_new_key_at_once_and_a_revoked_one_refused_within_10_s(s
     url, env = stack["url"], cli_env(stack["settings"])
     created = run_json(env, "producer", "keys", "create", "--name", "intranet", "--level", "manager_only")
     key = created["key"]
-    assert created == {"name": "intranet", "level": "manager_only", "key": key}
+    assert created == {
+        "name": "intranet",
+        "level": "manager_only",
+        "key": key,
+        "rate": None,  # the service's default: FLEET_API_RATE_PER_KEY, unset here
+        "burst": None,
+        "expires": None,
+    }
     assert key.startswith("fk_") and len(key) >= 3 + 43  # 32 random bytes
     assert "finance/salary-bands.md" in sources(search(url, key, QUOTES["finance/salary-bands.md"]))
 

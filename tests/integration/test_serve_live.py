@@ -42,7 +42,8 @@ def test_a_live_version_whose_model_cannot_be_loaded_makes_the_replica_unready_u
         milvus.point_live_alias(client, "chunks_v2")
         client.close()
 
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 503, 10, "unready")
+        # The first model this replica loads imports torch and transformers (13 s on a slow disk).
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 503, 60, "unready")
         ready = httpx.get(f"{url}/readyz").json()
         assert ready["status"] == "not ready"
         assert any("chunks_v2" in problem and "chunks_v1" in problem for problem in ready["problems"]), ready

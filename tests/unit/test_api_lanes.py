@@ -1,14 +1,21 @@
-"""The query service's protection of search from bulk work: the model's lanes and the token budgets."""
+"""The query service's protection of search from bulk work and of keys from each other: the model's
+lanes, turns between keys, the token budgets and the rate per key."""
 
+import asyncio
+import socket
 import threading
 import time
 
 import pytest
 from fastapi import HTTPException
 
-from producer.api.batching import MicroBatcher
+from producer.api.batching import FairLane, MicroBatcher
 from producer.api.budget import TokenBudget
 from producer.api.embedder import EmbedItem, embed_batch, estimated_tokens
+from producer.api.ratelimit import LocalBuckets, Rate, RateLimiter, rate_of
+from producer.keys import Caller, Limits
+from workers.core.access import AccessLevel
+from workers.core.settings import FleetSettings
 from workers.embedding import load_encoder
 
 SEARCH, BULK = 0, 1
@@ -137,3 +144,95 @@ def test_a_failed_request_gives_its_tokens_back():
     with pytest.raises(RuntimeError), budget.hold("app", 1000):
         raise RuntimeError("the model failed")
     assert budget.in_flight("app") == 0
+
+
+# -- keys take turns -------------------------------------------------------------------------------
+
+
+def test_a_key_with_many_items_waiting_delays_another_keys_first_by_one_of_its_own():
+    batcher, batches, started, release = blocked_batcher(budget=2)
+    batcher.submit("busy-0", SEARCH, owner="busy")
+    started.wait(5)  # a pass runs; the busy key queues twenty more, then the quiet key one
+    busy = [batcher.submit(f"busy-{n}", SEARCH, owner="busy") for n in range(1, 21)]
+    quiet = batcher.submit("quiet", SEARCH, owner="quiet")
+    release.set()
+    assert quiet.result(5) == "quiet"
+    assert [future.result(5) for future in busy] == [f"busy-{n}" for n in range(1, 21)]
+    assert batches[1] == ["busy-1", "quiet"]  # the next pass: one item of each key in turn
+    assert [item for batch in batches[2:] for item in batch] == [f"busy-{n}" for n in range(2, 21)]
+    batcher.close()
+
+
+def test_keys_take_turns_item_by_item_each_in_its_own_order():
+    lane = FairLane()
+    for owner, count in (("a", 3), ("b", 1), ("c", 2)):
+        for number in range(count):
+            lane.append(owner, f"{owner}{number}")
+    taken = []
+    while lane:
+        assert lane.peek() == lane.peek()
+        taken.append(lane.popleft())
+    assert taken == ["a0", "b0", "c0", "a1", "c1", "a2"]
+
+
+# -- requests per second per key -------------------------------------------------------------------
+
+
+def limited(rate: float | None = None, burst: int | None = None) -> Caller:
+    return Caller("app", AccessLevel.public, Limits(rate, burst))
+
+
+def test_a_bucket_allows_its_burst_then_its_rate():
+    buckets, rate = LocalBuckets(), Rate(per_s=10.0, burst=3)
+    assert [buckets.take("app", rate) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = buckets.take("app", rate)
+    assert 0 < wait <= 0.1  # a token comes every 0.1 s
+    time.sleep(0.12)
+    assert buckets.take("app", rate) == 0.0
+    assert buckets.take("other", rate) == 0.0  # each key its own bucket
+
+
+def test_a_keys_own_rate_wins_over_the_default_and_no_rate_is_no_limit():
+    unlimited = FleetSettings(_env_file=None)
+    assert rate_of(limited(), unlimited) is None
+    assert rate_of(limited(5), unlimited) == Rate(5, 5)  # a second's worth of burst
+    assert rate_of(limited(0.5), unlimited) == Rate(0.5, 1)
+    defaults = FleetSettings(_env_file=None, api_rate_per_key=20, api_burst_per_key=40)
+    assert rate_of(limited(), defaults) == Rate(20, 40)
+    assert rate_of(limited(2, 3), defaults) == Rate(2, 3)
+    with pytest.raises(ValueError, match="FLEET_API_RATE_PER_KEY"):
+        FleetSettings(_env_file=None, api_burst_per_key=40)
+
+
+def test_over_the_rate_is_429_with_retry_after():
+    limiter = RateLimiter(FleetSettings(_env_file=None))  # no broker: buckets in this process
+    caller = limited(1, 2)
+
+    async def three() -> None:
+        await limiter.admit(caller)
+        await limiter.admit(caller)
+        with pytest.raises(HTTPException) as refused:
+            await limiter.admit(caller)
+        assert refused.value.status_code == 429 and refused.value.headers == {"Retry-After": "1"}
+        await limiter.admit(limited())  # a key without a rate: never refused
+
+    asyncio.run(three())
+
+
+def test_a_redis_that_does_not_answer_leaves_each_replica_its_own_buckets(caplog):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    limiter = RateLimiter(FleetSettings(_env_file=None, broker_url=f"redis://127.0.0.1:{port}/0"))
+    assert limiter.shared
+    caller = limited(1, 1)
+
+    async def two() -> None:
+        await limiter.admit(caller)  # Redis refuses the connection: counted here instead
+        with pytest.raises(HTTPException):
+            await limiter.admit(caller)
+        await limiter.close()
+
+    asyncio.run(two())
+    assert not limiter.shared
+    assert "each replica counts on its own" in caplog.text

@@ -519,6 +519,9 @@ def test_prometheus_scrapes_every_worker_replica_and_the_exporter(services):
     assert "exporter:9101" in targets
     mounts = _volume_mounts(services["prometheus"])
     assert ("./ops/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml", "ro") in mounts
+    # The alert rules: mounted, and named by the configuration.
+    assert ("./ops/prometheus/alerts.yml", "/etc/prometheus/alerts.yml", "ro") in mounts
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
 
 def test_the_query_service_runs_on_cpu_and_is_healthy_when_ready(services):

@@ -48,6 +48,7 @@ DOCUMENTED_SECRET_KEY = re.compile(r"--from-literal=([A-Z][A-Z0-9_]*)=")
 
 EXPECTED = {
     ("Namespace", NAMESPACE),
+    ("ConfigMap", "fleet-alert-rules"),
     ("Deployment", "worker"),
     ("ScaledObject", "worker"),
     ("TriggerAuthentication", "redis-auth"),
@@ -603,3 +604,10 @@ def test_readme_reindex_overlay_creates_only_a_running_reindex_job(objects, tmp_
     # The settings it uses are the ConfigMap the base already applied (same name, same hash).
     base_config = next(name for kind, name in objects if kind == "ConfigMap" and name.startswith("fleet-config"))
     assert container["envFrom"] == [{"configMapRef": {"name": base_config}}]
+
+
+def test_the_alert_rules_are_shipped_as_they_are_in_ops_prometheus(objects):
+    rules = objects[("ConfigMap", "fleet-alert-rules")]
+    alerts = REPO / "ops" / "prometheus" / "alerts.yml"
+    assert rules["data"] == {"alerts.yml": alerts.read_text(encoding="utf-8")}
+    assert rules["metadata"]["namespace"] == NAMESPACE

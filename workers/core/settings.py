@@ -92,6 +92,17 @@ class FleetSettings(BaseSettings):
     api_max_key_tokens_in_flight: int = Field(
         524_288, ge=1, description="Most embeddings tokens one key may have being computed at once; more: 429."
     )
+    # Requests per second per key (a token bucket over every replica), for keys created without
+    # --rate; unset: keys without their own rate are not limited.
+    api_rate_per_key: float | None = Field(
+        None, gt=0, description="Default requests/s of a key without its own --rate; unset: no limit."
+    )
+    api_burst_per_key: int | None = Field(
+        None, ge=1, description="Default burst of those keys; unset: a second's worth (FLEET_API_RATE_PER_KEY)."
+    )
+    eval_alert_mrr: float = Field(
+        0.6, ge=0, le=1, description="`producer serve-metrics` exports it: MRR@10 below it raises an alert."
+    )
     # The HTTP server's own bounds, before any request reaches the app.
     api_max_header_bytes: int = Field(
         16_384, ge=1024, description="Larger request headers are refused (431) and the connection closed."
@@ -138,6 +149,12 @@ class FleetSettings(BaseSettings):
             )
         if self.audit_required and self.search_log == "off":
             raise ValueError("FLEET_AUDIT_REQUIRED=true with FLEET_SEARCH_LOG=off would refuse every search")
+        return self
+
+    @model_validator(mode="after")
+    def _default_rate(self) -> "FleetSettings":
+        if self.api_burst_per_key is not None and self.api_rate_per_key is None:
+            raise ValueError("FLEET_API_BURST_PER_KEY needs FLEET_API_RATE_PER_KEY: set the rate, or unset the burst")
         return self
 
     @property

@@ -38,13 +38,19 @@ class SearchRecord:
     hits: list[LoggedHit] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
     kind: str
     key_name: str | None
     status: int | None
     detail: str
-    created_at: datetime
+    created_at: datetime  # the first of them
+    count: int = 1  # identical events between two writes
+
+    @property
+    def same(self) -> tuple:
+        """What identical events share."""
+        return (self.kind, self.key_name, self.status, self.detail)
 
 
 def write_searches(conn: psycopg.Connection, records: list[SearchRecord]) -> None:
@@ -85,8 +91,9 @@ def write_searches(conn: psycopg.Connection, records: list[SearchRecord]) -> Non
 def write_events(conn: psycopg.Connection, events: list[Event]) -> None:
     if events:
         conn.cursor().executemany(
-            "INSERT INTO audit_events (kind, key_name, status, detail, created_at) VALUES (%s, %s, %s, %s, %s)",
-            [(e.kind, e.key_name, e.status, e.detail, e.created_at) for e in events],
+            "INSERT INTO audit_events (kind, key_name, status, detail, created_at, count)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(e.kind, e.key_name, e.status, e.detail, e.created_at, e.count) for e in events],
         )
 
 
@@ -147,13 +154,13 @@ def find_events(conn: psycopg.Connection, wanted: AuditFilter) -> list[dict]:
     """Key events and refused requests that match the key and time filters, newest first."""
     conditions, params = _key_and_time(wanted, "")
     rows = conn.execute(
-        f"SELECT created_at, kind, key_name, status, detail FROM audit_events WHERE {' AND '.join(conditions)}"
-        " ORDER BY created_at DESC, id DESC LIMIT %s",
+        f"SELECT created_at, kind, key_name, status, detail, count FROM audit_events"
+        f" WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, id DESC LIMIT %s",
         (*params, wanted.limit),
     ).fetchall()
     return [
-        {"time": at.isoformat(), "kind": kind, "key": key, "status": status, "detail": detail}
-        for at, kind, key, status, detail in rows
+        {"time": at.isoformat(), "kind": kind, "key": key, "status": status, "detail": detail, "count": count}
+        for at, kind, key, status, detail, count in rows
     ]
 
 
@@ -169,3 +176,42 @@ def _key_and_time(wanted: AuditFilter, table: str) -> tuple[list[str], list]:
             conditions.append(condition)
             params.append(value)
     return conditions, params
+
+
+@dataclass(frozen=True)
+class LoggedSearch:
+    """What feedback on a search is checked against: whose it was, what it returned."""
+
+    key_name: str
+    index_name: str
+    chunk_ids: list[str]
+
+
+def find_search(conn: psycopg.Connection, search_id: str) -> LoggedSearch | None:
+    row = conn.execute(
+        "SELECT s.key_name, s.index_name,"
+        " coalesce((SELECT array_agg(h.chunk_id) FROM search_hits h WHERE h.search_id = s.id), '{}')"
+        " FROM searches s WHERE s.id = %s",
+        (search_id,),
+    ).fetchone()
+    return LoggedSearch(*row) if row else None
+
+
+def write_feedback(conn: psycopg.Connection, search_id: str, chunk_id: str, relevant: bool, note: str | None) -> None:
+    """One verdict per search and chunk: a second replaces the first."""
+    conn.execute(
+        "INSERT INTO search_feedback (search_id, chunk_id, relevant, note) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (search_id, chunk_id) DO UPDATE SET relevant = EXCLUDED.relevant, note = EXCLUDED.note,"
+        " created_at = now()",
+        (search_id, chunk_id, relevant, note),
+    )
+
+
+def useful_rates(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
+    """Per index version (collection name): hits marked relevant, and hits marked at all, over the
+    searches still kept."""
+    rows = conn.execute(
+        "SELECT s.index_name, count(*) FILTER (WHERE f.relevant), count(*)"
+        " FROM search_feedback f JOIN searches s ON s.id = f.search_id GROUP BY s.index_name"
+    ).fetchall()
+    return {index_name: (relevant, marked) for index_name, relevant, marked in rows}
