@@ -238,6 +238,34 @@ def test_milvus_failure_fails_the_task_and_marks_nothing(settings, pending, monk
     assert embedded_count(settings, version) == 0
 
 
+def test_an_upsert_cut_halfway_puts_chunks_another_delivery_stored_back_to_pending(settings, pending, monkeypatch):
+    """Milvus Lite's upsert is a delete then an insert: killed between them, the rows it replaced
+    are gone. If another delivery of the same chunks had stored and marked them meanwhile, they
+    must not stay "embedded" without a vector. (The kill cannot be placed between the two halves
+    on cue: the cut upsert is simulated, on the real stores.)"""
+    version, ids = pending
+    task = make_tasks(version.id, ids, len(ids))[0]
+    real_upsert = milvus.upsert
+
+    def cut_halfway(client, collection, rows, keyword=False):
+        real_upsert(client, collection, rows, keyword)  # the other delivery stored and marked them
+        with closing(postgres.connect(settings)) as conn:
+            progress.mark_embedded(conn, version.id, [row.chunk_id for row in rows])
+        client.delete(collection, ids=[row.chunk_id for row in rows])  # this upsert's delete, then the crash
+        raise ServiceUnavailable("Milvus went away in the middle of an upsert (simulated)")
+
+    monkeypatch.setattr(milvus, "upsert", cut_halfway)
+    with pytest.raises(ServiceUnavailable):
+        run_engine(settings, RecordingEncoder(load_encoder("fake:64").info), [task])
+    assert embedded_count(settings, version) == 0  # back to pending, not embedded without a vector
+    monkeypatch.undo()
+    (redelivered,) = run_engine(settings, RecordingEncoder(load_encoder("fake:64").info), [task])
+    assert redelivered.embedded == len(ids)
+    client = milvus.connect(settings)
+    stored = client.query(version.collection, filter="", output_fields=["chunk_id"], limit=16384)
+    assert {row["chunk_id"] for row in stored} == set(ids)
+
+
 @pytest.mark.parametrize(("model", "attention"), [("minilm", "auto"), ("qwen_tiny", "padded"), ("qwen_tiny", "packed")])
 def test_pipeline_vectors_equal_sentence_transformers(request, make_settings, migrated_url, tmp_path, model, attention):
     import torch

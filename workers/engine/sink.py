@@ -4,8 +4,14 @@ Only then are the tasks whose chunks are all stored resolved (the ledger counts 
 task is acknowledged after its chunks are in both stores, even when they were split across
 batches. A chunk deleted by a re-ingest while it was embedded leaves no vector behind: its
 deletion goes through the outbox in the same transaction as the marks.
+
+An upsert that fails may have removed the rows it was replacing (Milvus Lite's upsert is a delete
+then an insert: a crash between them keeps neither). When another delivery of the same chunks had
+already stored and marked them, they would stay "embedded" with no vector; so a failed upsert's
+chunks go back to pending, and this task's redelivery (or the reconciler) writes them again.
 """
 
+import logging
 import queue
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,6 +26,8 @@ from workers.engine.ledger import Ledger
 from workers.engine.messages import Embedded, Failed, chunk_ids_of
 from workers.engine.pipeline import STOP, drain
 from workers.engine.resources import Resources
+
+log = logging.getLogger(__name__)
 
 SINK_ROWS = 2048
 
@@ -65,9 +73,13 @@ class Sink:
                 for chunk, vector in zip(item.chunks, item.vectors, strict=True)
             ]
             client = self.resources.collection(version)
-            with metrics.SINK_SECONDS.labels("milvus").time():
-                milvus.upsert(client, version.collection, rows, keyword)
             ids = [row.chunk_id for row in rows]
+            try:
+                with metrics.SINK_SECONDS.labels("milvus").time():
+                    milvus.upsert(client, version.collection, rows, keyword)
+            except Exception:
+                self._back_to_pending(version.id, ids)
+                raise
             conn = self.resources.conn("sink")
             with metrics.SINK_SECONDS.labels("postgres").time(), conn.transaction():
                 marked = progress.mark_embedded(conn, version.id, ids)
@@ -80,6 +92,21 @@ class Sink:
             self.ledger.stored(version.id, ids, marked)
             self.chunks_done += len(marked)
             metrics.CHUNKS_EMBEDDED.inc(len(marked))
+
+    def _back_to_pending(self, version_id: int, ids: list[str]) -> None:
+        """After a failed upsert: chunks marked embedded meanwhile may have lost their rows."""
+        try:
+            with self.resources.conn("sink").transaction() as transaction:
+                undone = progress.unmark_embedded(transaction.connection, version_id, ids)
+        except Exception as err:  # Postgres away too: `migrate verify --repair` finds any such chunk
+            log.warning("could not put the chunks of a failed Milvus write back to pending: %s", err)
+            return
+        if undone:
+            log.warning(
+                "%d chunks another delivery had stored go back to pending: a failed upsert may have "
+                "removed their vectors",
+                len(undone),
+            )
 
 
 def _row(chunk: PendingChunk, vector, keyword: bool) -> milvus.VectorRow:

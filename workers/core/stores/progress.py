@@ -85,6 +85,16 @@ def mark_embedded(conn: psycopg.Connection, version_id: int, chunk_ids: list[str
     return {chunk_id for (chunk_id,) in rows}
 
 
+def unmark_embedded(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> list[str]:
+    """Put embedded chunks back to pending (their vectors may be gone); returns those it did."""
+    rows = conn.execute(
+        "UPDATE chunk_embeddings SET embedded_at = NULL"
+        " WHERE index_version_id = %s AND chunk_id = ANY(%s) AND embedded_at IS NOT NULL RETURNING chunk_id",
+        (version_id, chunk_ids),
+    ).fetchall()
+    return [chunk_id for (chunk_id,) in rows]
+
+
 def refund_attempts(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> None:
     """Give back the attempt their claim counted: an outage, not these chunks, stopped them."""
     conn.execute(
