@@ -10,7 +10,7 @@ a small machine a client's own CPU slows the model's threads too).
 
 With a broker configured the buckets live in its Redis: one Lua script takes a token atomically,
 by Redis's clock, so every replica draws from the same budget. When Redis does not answer, each
-replica keeps its own buckets for a while (said once): a rate limit is about sharing the
+replica keeps its own buckets for 5 s at a time (said each time): a rate limit is about sharing the
 hardware, not about access, and must not take the service down with Redis.
 """
 
@@ -96,8 +96,8 @@ class RateLimiter:
         self.settings = settings
         self.local = LocalBuckets()
         self._redis = None
-        if settings.uses_broker and settings.broker_url.get_secret_value().startswith(("redis://", "rediss://")):
-            url = settings.broker_url.get_secret_value()
+        url = settings.broker_url.get_secret_value() if settings.broker_url else ""
+        if url.startswith(("redis://", "rediss://")):
             self._redis = aioredis.Redis.from_url(
                 url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
             )

@@ -298,10 +298,7 @@ def rule_level(tree: Tree, doc: Doc) -> AccessLevel | None:
 def corpus(make_settings, migrated_url, tmp_path):
     """Settings and a corpus folder ingested once, empty: each example's folder inside it gets
     identities of its own (`run-N/...`)."""
-    # One parse process: an ingest spawns its pool afresh, and these trees are a few small files.
-    fleet = make_settings(
-        database_url=migrated_url, model="fake:32", chunk_min_tokens=5, chunk_max_tokens=40, parse_workers=1
-    )
+    fleet = make_settings(database_url=migrated_url, model="fake:32", chunk_min_tokens=5, chunk_max_tokens=40)
     root = tmp_path / "corpus"
     root.mkdir()
     commands.ingest(fleet, root, AccessLevel.public, wait=False)
