@@ -35,6 +35,7 @@ INDEX_OVERHEAD = 1.33
 # The text kept for keyword search, with its BM25 vector and identifiers: about twice its bytes.
 TEXT_OVERHEAD = 2.0
 DERIVE_ROWS = 1000
+TEXT_ROWS = 2000
 
 
 @dataclass
@@ -74,24 +75,23 @@ def make_plan(
         raise InvalidInput(
             f"the live index already uses {model} at {dim} dims ({quantize}) with keyword search: nothing to re-index"
         )
-    texts = [text for (text,) in conn.execute("SELECT text FROM chunks")]
-    counts = _token_counts(info, texts)
+    corpus = _measure_texts(conn, info)
     derive = blue.id if (blue.model, blue.quantize) == (model, quantize) and dim <= blue.dim else None
     rate, basis = measured_rate(conn)
-    text_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    storage = (corpus.chunks * (dim * 4 + ROW_OVERHEAD_BYTES) + corpus.text_bytes * TEXT_OVERHEAD) * INDEX_OVERHEAD
     plan = ReindexPlan(
         model=model,
         dim=dim,
         quantize=quantize,
         analyzer=ANALYZER,
-        chunks=len(texts),
-        tokens=sum(counts),
-        chunks_over_model_limit=sum(1 for count in counts if count > info.max_seq_length),
+        chunks=corpus.chunks,
+        tokens=corpus.tokens,
+        chunks_over_model_limit=corpus.over_limit,
         model_max_tokens=info.max_seq_length,
         derive_from_version=derive,
-        estimated_seconds=len(texts) / (rate * 20 if derive else rate),
+        estimated_seconds=corpus.chunks / (rate * 20 if derive else rate),
         estimate_basis="derived from the live vectors (no model run; ~20× the embedding rate)" if derive else basis,
-        storage_bytes=int((len(texts) * (dim * 4 + ROW_OVERHEAD_BYTES) + text_bytes * TEXT_OVERHEAD) * INDEX_OVERHEAD),
+        storage_bytes=int(storage),
     )
     if plan.chunks_over_model_limit:
         plan.warnings.append(
@@ -101,6 +101,31 @@ def make_plan(
     return plan
 
 
+@dataclass
+class _Texts:
+    chunks: int = 0
+    tokens: int = 0
+    over_limit: int = 0
+    text_bytes: int = 0
+
+
+def _measure_texts(conn: psycopg.Connection, info) -> _Texts:
+    """Chunks, their tokens as `info`'s model counts them, those over its limit, and their bytes:
+    read through a server-side cursor, TEXT_ROWS at a time (a million texts do not fit in memory)."""
+    measured = _Texts()
+    with conn.transaction(), conn.cursor(name="reindex_plan_texts") as cursor:
+        cursor.itersize = TEXT_ROWS
+        cursor.execute("SELECT text FROM chunks")
+        while rows := cursor.fetchmany(TEXT_ROWS):
+            texts = [text for (text,) in rows]
+            counts = _token_counts(info, texts)
+            measured.chunks += len(texts)
+            measured.tokens += sum(counts)
+            measured.over_limit += sum(1 for count in counts if count > info.max_seq_length)
+            measured.text_bytes += sum(len(text.encode("utf-8")) for text in texts)
+    return measured
+
+
 def _token_counts(info, texts: list[str]) -> list[int]:
     if info.is_test_model:
         return [len(text.split()) + 1 for text in texts]
@@ -108,19 +133,24 @@ def _token_counts(info, texts: list[str]) -> list[int]:
 
 
 def measured_rate(conn: psycopg.Connection) -> tuple[float, str]:
-    """Chunks/s of the most recent build that embedded at least 100 chunks, else the assumption."""
+    """Chunks/s of the most recent build that embedded at least 100 chunks, else the assumption.
+    From the kept counts and the ends of each version's (version, embedded_at) index: no scan."""
+    counts = progress.row_counts(conn)
+    built = [version_id for (state, version_id), count in counts.items() if state == "embedded" and count >= 100]
     row = conn.execute(
         """
-        SELECT count(*), extract(epoch FROM max(embedded_at) - min(embedded_at))
-        FROM chunk_embeddings WHERE index_version_id = (
-            SELECT index_version_id FROM chunk_embeddings WHERE embedded_at IS NOT NULL
-            GROUP BY index_version_id HAVING count(*) >= 100 ORDER BY max(embedded_at) DESC LIMIT 1)
-          AND embedded_at IS NOT NULL
-        """
+        SELECT v.id, extract(epoch FROM last.at - first.at) FROM index_versions v
+        CROSS JOIN LATERAL (SELECT embedded_at AS at FROM chunk_embeddings WHERE index_version_id = v.id
+                            AND embedded_at IS NOT NULL ORDER BY embedded_at LIMIT 1) first
+        CROSS JOIN LATERAL (SELECT embedded_at AS at FROM chunk_embeddings WHERE index_version_id = v.id
+                            AND embedded_at IS NOT NULL ORDER BY embedded_at DESC LIMIT 1) last
+        WHERE v.id = ANY(%s) ORDER BY last.at DESC LIMIT 1
+        """,
+        (built,),
     ).fetchone()
-    count, seconds = row
-    if count and seconds and seconds > 1:
-        return count / float(seconds), f"measured: {count} chunks at {count / float(seconds):.1f} chunks/s"
+    if row is not None and row[1] and row[1] > 1:
+        count, seconds = counts[("embedded", row[0])], float(row[1])
+        return count / seconds, f"measured: {count} chunks at {count / seconds:.1f} chunks/s"
     return ASSUMED_CHUNKS_PER_S, f"assumed {ASSUMED_CHUNKS_PER_S:.0f} chunks/s (one GPU worker; nothing measured yet)"
 
 
@@ -151,13 +181,13 @@ def fill_pending(conn: psycopg.Connection, version: IndexVersion) -> int:
 def derive_vectors(conn: psycopg.Connection, client: MilvusClient, blue: IndexVersion, green: IndexVersion) -> int:
     """Fill green from blue's vectors (truncated and renormalised to its dimension) and, for keyword
     search, the text from Postgres; returns the chunks marked."""
-    pending = set(progress.pending_chunk_ids(conn, green.id))
     milvus.ensure_loaded(client, blue.collection)
     fields = ["chunk_id", "document_id", "access_level", "vector"]
     iterator = client.query_iterator(blue.collection, batch_size=DERIVE_ROWS, output_fields=fields)
     marked = 0
     try:
         while batch := iterator.next():
+            pending = progress.still_pending(conn, green.id, [row["chunk_id"] for row in batch])
             rows = [row for row in batch if row["chunk_id"] in pending]
             if not rows:
                 continue

@@ -205,9 +205,9 @@ def _run_ingest(args: argparse.Namespace, settings: FleetSettings) -> int:
 
 
 def _run_status(args: argparse.Namespace, settings: FleetSettings) -> int:
-    from producer import commands
+    from producer import status as showing
 
-    status = commands.status(settings)
+    status = showing.status(settings)
     _print(args, status, lambda: _print_status(status))
     return 0
 

@@ -9,9 +9,8 @@ from producer import search as searching
 from producer.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher, send_pending
 from producer.evaluate import evaluate, load_cases, record_result
 from producer.index import serving_version
-from workers import reconciler
 from workers.core.access import AccessLevel
-from workers.core.constants import KEYWORD, RATE_WINDOW_S
+from workers.core.constants import KEYWORD
 from workers.core.settings import FleetSettings
 from workers.core.stores import catalog, milvus, postgres, progress
 from workers.core.stores.milvus import Weights
@@ -27,49 +26,20 @@ def ingest(
 ) -> ingesting.IngestReport:
     info = resolve_model(settings.model)
     with closing(postgres.connect(settings)) as conn:
-        client = milvus.connect(settings)
+        client = milvus.LazyClient(settings)
         dispatcher = dispatcher_for(settings)
         try:
             report = ingesting.ingest(path, level, settings, conn, client, info, dispatcher, prune)
             if wait or not settings.uses_broker:
                 versions = catalog.active_versions(conn)
                 dispatcher.wait(conn, versions)
-                milvus.seal(client, [version.collection for version in versions])
+                if report.chunks_enqueued or client.opened:  # something was written
+                    milvus.seal(client, [version.collection for version in versions])
+            progress.fold_counts(conn)
         except BaseException:  # Ctrl-C, a service gone: stop now; what is not embedded stays pending
             dispatcher.close(abandon=True)
             raise
         return report
-
-
-def status(settings: FleetSettings) -> dict:
-    with closing(postgres.connect(settings)) as conn:
-        documents, chunks = conn.execute(
-            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
-        ).fetchone()
-        live = catalog.live_version(conn)
-        counts = progress.progress(conn, live.id) if live else progress.Progress(0, 0, 0)
-        backlog = sum(progress.progress(conn, version.id).pending for version in catalog.active_versions(conn))
-        rate = progress.recent_rate(conn, RATE_WINDOW_S)
-        stuck = progress.stuck_workers(conn, settings.stuck_after_s, settings.worker_gone_after_s)
-        gone = progress.gone_workers(conn, settings.worker_gone_after_s)
-        lost = reconciler.count_lost(conn, settings) if settings.uses_broker else 0
-        eta = progress.eta_seconds(backlog, rate)
-    return {
-        "documents": documents,
-        "chunks": chunks,
-        "embedded": counts.embedded,
-        "pending": counts.pending,
-        "failed": counts.failed,
-        "index": {"name": live.collection, "model": live.model, "dim": live.dim} if live else None,
-        "backlog": backlog,
-        "rate_chunks_per_s": rate,
-        "eta_s": eta,
-        # Work waits, nothing moves: say so instead of an ETA.
-        "stalled": backlog > 0 and eta is None,
-        "lost_chunks": lost,
-        "stuck_workers": stuck,
-        "gone_workers": gone,
-    }
 
 
 @dataclass(frozen=True)

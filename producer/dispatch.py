@@ -6,6 +6,7 @@ A broker that cannot be reached does not stop the command: the chunks are regist
 
 import logging
 import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -23,6 +24,9 @@ from workers.core.stores.catalog import IndexVersion
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+# Chunks the in-process engine is given at most at once: a send waits for the oldest tasks past it,
+# so that a corpus of millions is never held in memory as tasks (nor claimed as held work).
+IN_FLIGHT_CHUNKS = 20_000
 
 
 class Dispatcher(Protocol):
@@ -39,8 +43,8 @@ class Dispatcher(Protocol):
 
 
 def send_pending(dispatcher: Dispatcher, conn: psycopg.Connection, version: IndexVersion) -> int:
-    """Send every chunk still pending for `version`; returns how many were sent."""
-    return dispatcher.send(conn, version.id, progress.pending_chunk_ids(conn, version.id))
+    """Send every chunk still pending for `version`, a key range at a time; returns how many were sent."""
+    return sum(dispatcher.send(conn, version.id, chunk_ids) for chunk_ids in progress.pending_batches(conn, version.id))
 
 
 class CeleryDispatcher:
@@ -95,30 +99,49 @@ class InProcessDispatcher:
     """Run the tasks on an embed engine in this process (the embedded default: no broker)."""
 
     def __init__(self, settings: FleetSettings):
-        from workers.engine import EmbedEngine
-
-        self._engine = EmbedEngine(settings).start()
+        self.settings = settings
         self.task_chunks = settings.task_chunks
         self.unsent = 0
-        self._futures: list[tuple[EmbedTask, Future]] = []
+        self._engine = None  # started on the first send: a run with nothing to embed loads no model
+        self._futures: deque[tuple[EmbedTask, Future]] = deque()
+        self._in_flight = 0  # chunks of the tasks in _futures
+        self._sent = 0
 
     def send(self, conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> int:
+        if chunk_ids and self._engine is None:
+            from workers.engine import EmbedEngine
+
+            self._engine = EmbedEngine(self.settings).start()
         for task in sending.make_tasks(version_id, chunk_ids, self.task_chunks):
             self._futures.append((task, self._engine.submit(task)))
+            self._in_flight += len(task.chunk_ids)
+        self._sent += len(chunk_ids)
+        self._finish(down_to=IN_FLIGHT_CHUNKS)
         return len(chunk_ids)
 
     def wait(self, conn: psycopg.Connection, versions: list[IndexVersion]) -> None:
-        total = sum(len(task.chunk_ids) for task, _ in self._futures)
+        with tqdm(total=self._sent, desc="embedded", unit="chunk", disable=None) as bar:
+            self._finish(down_to=0, bar=bar)
+        self.close()
+
+    def _finish(self, down_to: int, bar: tqdm | None = None) -> None:
+        """Wait for the oldest tasks until at most `down_to` chunks are in flight."""
+        if bar is not None:
+            bar.update(self._sent - self._in_flight)
         try:
-            with tqdm(total=total, desc="embedded", unit="chunk", disable=None) as bar:
-                for task, future in self._futures:
-                    future.result()
+            while self._futures and self._in_flight > down_to:
+                task, future = self._futures.popleft()
+                future.result()
+                self._in_flight -= len(task.chunk_ids)
+                if bar is not None:
                     bar.update(len(task.chunk_ids))
         except BaseException:  # a failed task or Ctrl-C: stop at once, the rest stays pending
             self.close(abandon=True)
             raise
-        self.close()
 
     def close(self, abandon: bool = False) -> None:
         self._futures.clear()
-        self._engine.close(abandon=abandon)
+        self._in_flight = 0
+        if self._engine is not None:
+            self._engine.close(abandon=abandon)
+            self._engine = None

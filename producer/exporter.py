@@ -14,11 +14,10 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producer.evaluate import latest_results
-from workers import reconciler
 from workers.core.broker import queue_depth
 from workers.core.constants import EMBED_QUEUE, RATE_WINDOW_S
 from workers.core.settings import FleetSettings
-from workers.core.stores import catalog, outbox, postgres, progress
+from workers.core.stores import catalog, lost, outbox, postgres, progress
 
 
 class FleetCollector(Collector):
@@ -57,8 +56,8 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily("fleet_stuck_workers", "Workers holding work without progress", value=len(stuck))
             gone = progress.gone_workers(conn, gone_after)
             yield GaugeMetricFamily("fleet_gone_workers", "Workers silent while holding work", value=len(gone))
-            lost = reconciler.count_lost(conn, self.settings)
-            yield GaugeMetricFamily("fleet_lost_chunks", "Pending chunks whose task was lost", value=lost)
+            lost_chunks = lost.count_lost(conn, self.settings)
+            yield GaugeMetricFamily("fleet_lost_chunks", "Pending chunks whose task was lost", value=lost_chunks)
             yield GaugeMetricFamily(
                 "fleet_outbox_rows", "Vector deletions Milvus has not confirmed", value=outbox.pending(conn)
             )

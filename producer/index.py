@@ -34,6 +34,16 @@ def ensure_live_version(
 ) -> tuple[IndexVersion, str | None]:
     """The live version (created with its collection and alias on first use), and a warning
     when the settings name another model or dimension than it has."""
+    live, warning = live_version_for(conn, settings, info)
+    ensure_live_collection(client, live)
+    return live, warning
+
+
+def live_version_for(
+    conn: psycopg.Connection, settings: FleetSettings, info: ModelInfo
+) -> tuple[IndexVersion, str | None]:
+    """The live version in Postgres (created on first use), and a warning when the settings name
+    another model or dimension than it has. Its collection: `ensure_live_collection`."""
     live = catalog.live_version(conn)
     if live is None:
         dim = target_dim(settings.embed_dim, info)
@@ -47,10 +57,14 @@ def ensure_live_version(
             f"{settings.embed_dim or 'its own'} dims ({settings.quantize}): chunking for the live model "
             "(run `migrate reindex` to move the index)"
         )
+    return live, warning
+
+
+def ensure_live_collection(client: MilvusClient, live: IndexVersion) -> None:
+    """The live version's collection, and the alias on it when there is none yet."""
     milvus.ensure_collection(client, live.collection, live.dim, live.analyzer)
     if milvus.alias_target(client) is None:
         milvus.point_live_alias(client, live.collection)
-    return live, warning
 
 
 def serving_version(conn: psycopg.Connection, client: MilvusClient) -> IndexVersion:

@@ -14,20 +14,24 @@ from pymilvus import MilvusClient
 from tqdm import tqdm
 
 from producer import roots
-from producer.chunking import ChunkLimits
+from producer.chunking import Chunk, ChunkLimits
 from producer.dispatch import Dispatcher, InProcessDispatcher, send_pending
-from producer.documents import Rejection, Source, Unchanged, printable
-from producer.index import ensure_live_version
+from producer.documents import Document, Rejection, Source, Unchanged, printable
+from producer.index import ensure_live_collection, live_version_for
 from producer.intake import Bounds, Intake, Prepared
-from producer.registry import claim_root, fingerprints, register, remove_documents
+from producer.registry import claim_root, fingerprints, register_many, remove_documents
 from producer.walk import Walk
 from workers.core.access import AccessLevel
 from workers.core.errors import InvalidInput
 from workers.core.settings import FleetSettings
-from workers.core.stores import catalog, outbox
+from workers.core.stores import catalog, milvus, outbox
 from workers.embedding.model_info import ModelInfo, resolve_model
 
 log = logging.getLogger(__name__)
+
+# Documents registered in one transaction: at most this many, or this many chunks between them.
+REGISTER_DOCUMENTS = 64
+REGISTER_CHUNKS = 2000
 
 
 @dataclass
@@ -100,7 +104,7 @@ def ingest(
     default_level: AccessLevel | None,
     settings: FleetSettings,
     conn: psycopg.Connection,
-    client: MilvusClient,
+    client: MilvusClient | milvus.LazyClient,
     info: ModelInfo,
     dispatcher: Dispatcher,
     prune: bool = False,
@@ -109,7 +113,11 @@ def ingest(
     also remove the documents under `folder` that are no longer there."""
     _check_root(folder)
     report = IngestReport()
-    live, mismatch = ensure_live_version(conn, client, settings, info)
+    live, mismatch = live_version_for(conn, settings, info)
+    if isinstance(client, milvus.LazyClient):  # the collection is made sure of once Milvus is needed
+        client.prepare = lambda opened: ensure_live_collection(opened, live)
+    else:
+        ensure_live_collection(client, live)
     info = resolve_model(live.model)
     limits, too_short = chunk_limits(settings, info)
     for warning in (mismatch, too_short):
@@ -138,18 +146,20 @@ def ingest(
     seen: set[str] = set()
     in_process = isinstance(dispatcher, InProcessDispatcher)
     bounds = Bounds(settings.parse_memory_mb, settings.parse_timeout_s)
+    batch = _Batch(root, report, conn, vectors, dispatcher, send=not in_process)
     with Intake(settings.parse_workers, limits, info, bounds=bounds) as intake:
         for outcome in tqdm(intake.run(sources), desc="read", unit=" files", disable=None):
             report.files_seen += 1
             if isinstance(outcome, Prepared):
                 seen.add(outcome.document.source_path)
-                _store(outcome, root, report, conn, vectors, dispatcher, send=not in_process)
+                batch.add(outcome)
             elif isinstance(outcome, Unchanged):
                 seen.add(outcome.name)
                 report.documents_unchanged += 1
             else:
                 seen.add(outcome.path)
                 report.rejected.append(outcome)
+        batch.store()
     claim_root(conn, seen, root.key)
     report.rejected += walk.rejected
     for rejection in report.rejected:  # fail closed: an indexed version of a refused file is taken out
@@ -212,23 +222,47 @@ def _check_root(root: Path) -> None:
     raise InvalidInput(f"{root} does not exist: give the folder of documents to ingest")
 
 
-def _store(
-    prepared: Prepared,
-    root: roots.IngestRoot,
-    report: IngestReport,
-    conn: psycopg.Connection,
-    vectors: _Vectors,
-    dispatcher: Dispatcher,
-    send: bool,
-) -> None:
-    registration = register(conn, prepared.document, prepared.chunks, root.key)
-    report.count(registration.status)
-    report.chunks_removed += len(registration.removed)
-    if registration.removed:
-        vectors.delete_pending()
-    if registration.added and send:
-        for version_id in registration.version_ids:
-            report.chunks_enqueued += dispatcher.send(conn, version_id, registration.added)
+class _Batch:
+    """Documents read, registered together once there are enough (one transaction per batch:
+    per-document commits and round trips were most of an ingest's time), then sent."""
+
+    def __init__(
+        self,
+        root: roots.IngestRoot,
+        report: IngestReport,
+        conn: psycopg.Connection,
+        vectors: _Vectors,
+        dispatcher: Dispatcher,
+        send: bool,
+    ):
+        self.root, self.report, self.conn, self.vectors = root, report, conn, vectors
+        self.dispatcher, self.send = dispatcher, send
+        self.documents: list[tuple[Document, list[Chunk]]] = []
+        self.chunks = 0
+
+    def add(self, prepared: Prepared) -> None:
+        self.documents.append((prepared.document, prepared.chunks))
+        self.chunks += len(prepared.chunks)
+        if len(self.documents) >= REGISTER_DOCUMENTS or self.chunks >= REGISTER_CHUNKS:
+            self.store()
+
+    def store(self) -> None:
+        if not self.documents:
+            return
+        registrations = register_many(self.conn, self.documents, self.root.key)
+        self.documents, self.chunks = [], 0
+        added: dict[int, list[str]] = {}
+        for registration in registrations:
+            self.report.count(registration.status)
+            self.report.chunks_removed += len(registration.removed)
+            for version_id in registration.version_ids:
+                added.setdefault(version_id, []).extend(registration.added)
+        if any(registration.removed for registration in registrations):
+            self.vectors.delete_pending()
+        if self.send:
+            for version_id, chunk_ids in added.items():
+                if chunk_ids:
+                    self.report.chunks_enqueued += self.dispatcher.send(self.conn, version_id, chunk_ids)
 
 
 def _withdraw(path: str, reason: str, report: IngestReport, conn: psycopg.Connection, vectors: _Vectors) -> None:

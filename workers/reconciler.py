@@ -8,106 +8,29 @@ be waiting in the broker:
 - it was sent more than FLEET_RESEND_AFTER_S ago, and either the queue is empty, or the workers
   have taken a message sent after it (the broker hands messages out in the order they were sent).
 
-`cutoffs` decides that, a pure function; `Reconciler` runs it in every worker, one at a time (a
-Postgres advisory lock elects the one), every FLEET_RECONCILE_S, sending the lost chunks again
-(their ids are deterministic, so a chunk sent twice is embedded once) and applying the outbox.
+`workers.core.stores.lost` decides that (`cutoffs`, a pure function) and finds them; `Reconciler`
+runs in every worker, one at a time (a Postgres advisory lock elects the one), every
+FLEET_RECONCILE_S, sending the lost chunks again (their ids are deterministic, so a chunk sent
+twice is embedded once), applying the outbox and folding the kept counts.
 """
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 from celery import Celery
 
 from workers.core import sending
-from workers.core.broker import queue_depth
 from workers.core.failures import classify, explain, is_outage
 from workers.core.settings import FleetSettings
-from workers.core.stores import audit, milvus, outbox, postgres
+from workers.core.stores import audit, lost, milvus, outbox, postgres, progress
 
 log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 7_340_213
-# Send-order slack between two producers that record and publish concurrently.
-ORDER_MARGIN_S = 5.0
 RESEND_PER_ROUND = 20_000
 # Heartbeat rows of workers gone this long are forgotten (status stops listing them).
 FORGET_GONE_AFTER_S = 3600
-_NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Cutoffs:
-    never_sent_before: datetime  # a chunk never sent and queued before this is lost
-    sent_before: datetime  # a chunk sent before this is lost
-
-
-def cutoffs(
-    now: datetime, consumed_sent_at: datetime | None, queue_depth: int | None, resend_after_s: float
-) -> Cutoffs:
-    """Which pending chunks, held by no live worker, have lost their task.
-
-    `consumed_sent_at`: the send time of the newest message a worker took; `queue_depth`: messages
-    waiting in the broker (None when it cannot be read: then only what the workers took counts).
-    """
-    grace = now - timedelta(seconds=resend_after_s)
-    if queue_depth == 0:
-        return Cutoffs(grace, grace)
-    taken = consumed_sent_at - timedelta(seconds=ORDER_MARGIN_S) if consumed_sent_at else _NEVER
-    return Cutoffs(grace, min(grace, taken))
-
-
-_LOST = """
-WITH held AS (
-    SELECT DISTINCT unnest(held_chunk_ids) AS chunk_id FROM worker_heartbeats
-    WHERE last_seen_at > now() - make_interval(secs => %(gone_after_s)s)
-)
-SELECT {columns} FROM chunk_embeddings ce
-JOIN index_versions v ON v.id = ce.index_version_id AND v.state IN ('live', 'building')
-WHERE ce.embedded_at IS NULL AND ce.failed_at IS NULL
-  AND ((ce.sent_at IS NULL AND ce.queued_at < %(never_sent_before)s) OR ce.sent_at < %(sent_before)s)
-  AND NOT EXISTS (SELECT 1 FROM held WHERE held.chunk_id = ce.chunk_id)
-"""
-
-
-def _clock(conn: psycopg.Connection) -> tuple[datetime, datetime | None]:
-    """Postgres's now and the newest send time any worker has taken from the broker."""
-    return conn.execute("SELECT now(), (SELECT max(consumed_sent_at) FROM worker_heartbeats)").fetchone()
-
-
-def current_cutoffs(conn: psycopg.Connection, settings: FleetSettings) -> Cutoffs:
-    now, consumed = _clock(conn)
-    return cutoffs(now, consumed, queue_depth(settings), settings.resend_after_s)
-
-
-def count_lost(conn: psycopg.Connection, settings: FleetSettings) -> int:
-    """Pending chunks whose task is lost and not sent again yet (what `producer status` shows)."""
-    limits = current_cutoffs(conn, settings)
-    query = _LOST.format(columns="count(*)")
-    (count,) = conn.execute(query, _params(limits, settings)).fetchone()
-    return count
-
-
-def lost_chunks(
-    conn: psycopg.Connection, settings: FleetSettings, limit: int = RESEND_PER_ROUND
-) -> dict[int, list[str]]:
-    """The lost chunks, by index version (at most `limit`)."""
-    limits = current_cutoffs(conn, settings)
-    query = _LOST.format(columns="ce.index_version_id, ce.chunk_id") + " ORDER BY 1, 2 LIMIT %(limit)s"
-    lost: dict[int, list[str]] = {}
-    for version_id, chunk_id in conn.execute(query, {**_params(limits, settings), "limit": limit}):
-        lost.setdefault(version_id, []).append(chunk_id)
-    return lost
-
-
-def _params(limits: Cutoffs, settings: FleetSettings) -> dict:
-    return {
-        "gone_after_s": settings.worker_gone_after_s,
-        "never_sent_before": limits.never_sent_before,
-        "sent_before": limits.sent_before,
-    }
 
 
 class Reconciler:
@@ -155,7 +78,7 @@ class Reconciler:
             self._milvus = milvus.connect(self.settings)
         outbox.apply_if_possible(conn, self._milvus)
         resent = 0
-        for version_id, chunk_ids in lost_chunks(conn, self.settings).items():
+        for version_id, chunk_ids in lost.lost_chunks(conn, self.settings, RESEND_PER_ROUND).items():
             resent += sending.send(self.app, conn, version_id, chunk_ids, self.settings.task_chunks)
         if resent:
             log.warning("sent %d chunks again: their tasks were lost (broker restart, worker killed...)", resent)
@@ -164,6 +87,7 @@ class Reconciler:
             (FORGET_GONE_AFTER_S,),
         )
         audit.prune(conn, self.settings.search_log_days)
+        progress.fold_counts(conn)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:

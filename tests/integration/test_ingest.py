@@ -4,7 +4,8 @@ from contextlib import closing
 
 import pytest
 
-from producer import commands
+from producer import commands, dispatch
+from producer import status as status_command
 from tests.integration.conftest import CORPUS, write_corpus
 from workers.core.access import AccessLevel
 from workers.core.errors import InvalidInput
@@ -37,7 +38,7 @@ def test_ingest_embeds_everything_then_reingest_enqueues_nothing(settings, tmp_p
     docs = write_corpus(tmp_path / "docs")
     first = commands.ingest(settings, docs, None, wait=False)
     assert (first.files_seen, first.documents_new, first.documents_rejected) == (5, 5, 0)
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert status["chunks"] == first.chunks_enqueued > 5  # the long documents split
     assert (status["embedded"], status["pending"], status["failed"]) == (status["chunks"], 0, 0)
     assert status["index"] == {"name": "chunks_v1", "model": "fake:64", "dim": 64}
@@ -46,6 +47,28 @@ def test_ingest_embeds_everything_then_reingest_enqueues_nothing(settings, tmp_p
     assert (again.documents_unchanged, again.chunks_enqueued, again.documents_new) == (5, 0, 0)
     client = milvus.connect(settings)
     assert milvus.count(client, "chunks_v1") == status["embedded"]
+
+
+def test_in_process_ingest_sends_a_range_at_a_time_and_bounds_the_work_in_flight(settings, tmp_path, monkeypatch):
+    # A corpus of millions is read from the pending index a batch at a time and given to the engine
+    # as it keeps up: neither its ids nor its tasks are ever all in memory.
+    monkeypatch.setattr(progress, "PENDING_BATCH", 7)
+    monkeypatch.setattr(dispatch, "IN_FLIGHT_CHUNKS", 5)
+    sent, in_flight = [], []
+    send = dispatch.InProcessDispatcher.send
+
+    def recording_send(self, conn, version_id, chunk_ids):
+        sent.append(len(chunk_ids))
+        count = send(self, conn, version_id, chunk_ids)
+        in_flight.append(self._in_flight)
+        return count
+
+    monkeypatch.setattr(dispatch.InProcessDispatcher, "send", recording_send)
+    report = commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
+    assert len(sent) > 2 and max(sent) == 7 and sum(sent) == report.chunks_enqueued
+    assert max(in_flight) <= 5
+    status = status_command.status(settings)
+    assert (status["embedded"], status["pending"]) == (report.chunks_enqueued, 0)
 
 
 def test_changed_file_replaces_its_chunks_in_postgres_and_milvus(settings, tmp_path):
@@ -62,7 +85,7 @@ def test_changed_file_replaces_its_chunks_in_postgres_and_milvus(settings, tmp_p
     assert report.chunks_enqueued == len(after - before)
     assert milvus_ids(settings, before - after) == set()
     assert milvus_ids(settings, after) == after
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]
 
 
@@ -129,7 +152,7 @@ def test_another_configured_model_warns_and_chunks_for_the_live_one(settings, ma
     report = commands.ingest(other, docs, None, wait=False)
     assert "live index uses model 'fake:64'" in report.warnings[0]
     assert report.documents_new == 1
-    assert commands.status(other)["index"]["dim"] == 64
+    assert status_command.status(other)["index"]["dim"] == 64
     assert commands.search(other, "memo about parking", AccessLevel.public, 1).hits[0].source_path == "new.md"
 
 
@@ -157,7 +180,7 @@ def test_failed_chunks_can_be_retried(settings, tmp_path):
         progress.record_failure(conn, version.id, ids, "test", "simulated")
         assert progress.progress(conn, version.id).failed == len(ids)
     assert commands.retry(settings, include_pending=False) == len(ids)
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert (status["failed"], status["pending"], status["embedded"]) == (0, 0, status["chunks"])
 
 
@@ -177,7 +200,7 @@ def test_prune_removes_documents_no_longer_in_the_folder(settings, tmp_path):
         settings, "The board plans to acquire Blue River Freight", AccessLevel.director_only, 10
     ).hits
     assert "board/acquisition.md" not in {hit.source_path for hit in hits}
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]
 
 
@@ -195,5 +218,5 @@ def test_a_folder_inside_an_ingested_one_keeps_identities_and_prunes_only_under_
     assert "handbook/new.md" in paths and "new.md" not in paths  # the outer folder's identity
     assert "handbook/leave.md" not in paths
     assert "board/acquisition.md" in paths
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert milvus.count(milvus.connect(settings), "chunks_v1") == status["embedded"] == status["chunks"]

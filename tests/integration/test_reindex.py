@@ -12,6 +12,7 @@ import pytest
 
 from migrations import commands as migrate
 from producer import commands
+from producer import status as status_command
 from tests.integration.conftest import cli_env, run_cli, run_json, write_corpus
 from workers.core.access import AccessLevel
 from workers.core.errors import InvalidInput
@@ -70,7 +71,7 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
 
     built = reindex(settings, qwen_tiny, cutover=False)
     assert not built["cutover"] and built["verification"]["problems"] == []
-    assert commands.status(settings)["index"]["dim"] == 384  # blue still serves
+    assert status_command.status(settings)["index"]["dim"] == 384  # blue still serves
 
     # Ingested while green is building: written to both versions.
     (docs / "memo.md").write_text("---\naccess_level: public\n---\nThe cafeteria opens at nine on Saturdays.\n")
@@ -79,7 +80,7 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
     done = reindex(settings, qwen_tiny)  # resumes the built version, verifies, cuts over
     assert done["cutover"] and done["green"] == built["green"]
     assert done["backfill"]["chunks"] == 0
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert (status["index"]["model"], status["index"]["dim"]) == (qwen_tiny, 64)
     assert status["embedded"] == status["chunks"]
     hits = commands.search(settings, "cafeteria opens at nine on Saturdays", AccessLevel.public, 10).hits
@@ -94,7 +95,7 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
         commands.search(settings, "rooftop garden opens in spring", AccessLevel.public, 1).hits[0].source_path
         == "late.md"
     )
-    assert commands.status(settings)["index"]["dim"] == 384
+    assert status_command.status(settings)["index"]["dim"] == 384
     # Its vector, dual-written while green was built (dense: Milvus Lite's BM25 statistics are per
     # segment, and the memo is a segment of its own, which ties it with the handbook in hybrid).
     assert (
@@ -111,7 +112,7 @@ def test_move_to_another_model_and_dimension_with_search_running_then_roll_back(
 def test_dry_run_plans_and_changes_nothing(minilm_settings, qwen_tiny, tmp_path):
     commands.ingest(minilm_settings, write_corpus(tmp_path / "docs"), None, wait=False)
     plan = reindex(minilm_settings, qwen_tiny, dry_run=True)["plan"]
-    assert plan["chunks"] == commands.status(minilm_settings)["chunks"]
+    assert plan["chunks"] == status_command.status(minilm_settings)["chunks"]
     assert plan["tokens"] > plan["chunks"] and plan["dim"] == 64
     assert plan["storage_bytes"] > plan["chunks"] * 64 * 4
     assert plan["estimated_seconds"] > 0 and plan["estimate_basis"]
@@ -247,7 +248,8 @@ def test_verify_finds_and_repairs_orphans_and_missing_vectors(make_settings, mig
     assert check["repaired"]
     (check,) = migrate.verify(settings, repair=False)
     assert (
-        check["consistent"] and check["in_milvus"] == check["done_in_postgres"] == commands.status(settings)["chunks"]
+        check["consistent"]
+        and check["in_milvus"] == check["done_in_postgres"] == status_command.status(settings)["chunks"]
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from producer import commands
+from producer import status as status_command
 from tests.integration.conftest import write_corpus
 from workers import metrics
 from workers.core.stores import postgres, progress
@@ -33,7 +34,7 @@ def test_rate_and_eta_follow_recent_progress(settings, tmp_path):
             """,
             {"half": total // 2},
         )
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert status["backlog"] == total - total // 2
     assert status["rate_chunks_per_s"] == pytest.approx((total // 2) / 50, rel=0.1)
     assert status["eta_s"] == pytest.approx(status["backlog"] / status["rate_chunks_per_s"], rel=0.01)
@@ -41,7 +42,7 @@ def test_rate_and_eta_follow_recent_progress(settings, tmp_path):
 
 def test_eta_is_zero_when_done_and_none_when_nothing_moves(settings, tmp_path):
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
-    assert commands.status(settings)["eta_s"] == 0.0
+    assert status_command.status(settings)["eta_s"] == 0.0
     assert progress.eta_seconds(10, 0.0) is None
 
 
@@ -56,21 +57,21 @@ def test_worker_holding_work_without_progress_is_reported_stuck(settings):
     done = [0]
     heartbeat = Heartbeat(settings, "w1@test", holding(5), lambda: done[0])
     heartbeat.beat()
-    assert commands.status(settings)["stuck_workers"] == []
+    assert status_command.status(settings)["stuck_workers"] == []
     with closing(postgres.connect(settings)) as conn:
         conn.execute("UPDATE worker_heartbeats SET last_progress_at = now() - interval '10 minutes'")
     heartbeat.beat()  # alive, still holding 5, nothing done since: no progress
-    (stuck,) = commands.status(settings.model_copy(update={"stuck_after_s": 300}))["stuck_workers"]
+    (stuck,) = status_command.status(settings.model_copy(update={"stuck_after_s": 300}))["stuck_workers"]
     assert (stuck["name"], stuck["chunks_held"]) == ("w1@test", 5)
     assert stuck["seconds_without_progress"] >= 590
     done[0] = 3
     heartbeat.beat()  # progress clears it
-    assert commands.status(settings)["stuck_workers"] == []
+    assert status_command.status(settings)["stuck_workers"] == []
     heartbeat.holdings.finish()
     with closing(postgres.connect(settings)) as conn:
         conn.execute("UPDATE worker_heartbeats SET last_progress_at = now() - interval '10 minutes'")
     heartbeat.beat()  # idle is not stuck
-    assert commands.status(settings)["stuck_workers"] == []
+    assert status_command.status(settings)["stuck_workers"] == []
 
 
 def test_a_silent_worker_holding_work_is_gone_not_stuck(settings):
@@ -81,7 +82,7 @@ def test_a_silent_worker_holding_work_is_gone_not_stuck(settings):
             "UPDATE worker_heartbeats SET last_seen_at = now() - interval '2 minutes',"
             " last_progress_at = now() - interval '20 minutes'"
         )
-    status = commands.status(settings.model_copy(update={"stuck_after_s": 300}))
+    status = status_command.status(settings.model_copy(update={"stuck_after_s": 300}))
     assert status["stuck_workers"] == []
     (gone,) = status["gone_workers"]
     assert (gone["name"], gone["chunks_held"]) == ("w2@test", 4) and gone["seconds_since_seen"] >= 119
@@ -91,7 +92,7 @@ def test_eta_says_stalled_when_work_waits_and_nothing_moves(settings, tmp_path):
     commands.ingest(settings, write_corpus(tmp_path / "docs"), None, wait=False)
     with closing(postgres.connect(settings)) as conn:
         conn.execute("UPDATE chunk_embeddings SET embedded_at = NULL")
-    status = commands.status(settings)
+    status = status_command.status(settings)
     assert (status["eta_s"], status["stalled"]) == (None, True)
 
 

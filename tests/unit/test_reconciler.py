@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workers.reconciler import ORDER_MARGIN_S, cutoffs
+from workers.core.stores.lost import ORDER_MARGIN_S, cutoffs
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 AFTER = 60

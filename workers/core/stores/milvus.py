@@ -6,6 +6,7 @@ under new keys otherwise), so a task delivered twice writes the same rows.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,28 @@ class Weights:
 
     dense: float
     keyword: float
+
+
+class LazyClient:
+    """A Milvus client opened on first use, then `prepare`d: a run that writes nothing (an unchanged
+    re-ingest) never starts Milvus Lite, which costs seconds of the embedded default's run."""
+
+    def __init__(self, settings: FleetSettings):
+        self.settings = settings
+        self.prepare: Callable[[MilvusClient], None] | None = None
+        self._client: MilvusClient | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._client is not None
+
+    def __getattr__(self, name: str):
+        if self._client is None:
+            client = connect(self.settings)
+            if self.prepare is not None:
+                self.prepare(client)
+            self._client = client
+        return getattr(self._client, name)
 
 
 def connect(settings: FleetSettings) -> MilvusClient:

@@ -1,11 +1,18 @@
 """Embedding progress in Postgres: claim pending chunks, mark them embedded, record failures."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import class_row
 
 from workers.core.identifiers import DOCUMENT_HEAD_CHARS
+
+# Changes of the counts past which a read folds them first (a read sums them all).
+FOLD_AFTER = 1000
+# Pending chunk ids read at once when all are sent (one range of the pending index).
+PENDING_BATCH = 10_000
+_FOLD_LOCK = 7_340_214
 
 # The start of a chunk's document (`c`): where an official document states its own number.
 _DOCUMENT_HEAD = (
@@ -147,25 +154,60 @@ def failed_documents(conn: psycopg.Connection, version_id: int, limit: int = 5) 
 
 
 def progress(conn: psycopg.Connection, version_id: int) -> Progress:
-    row = conn.execute(
-        """
-        SELECT count(*) FILTER (WHERE embedded_at IS NOT NULL),
-               count(*) FILTER (WHERE embedded_at IS NULL AND failed_at IS NULL),
-               count(*) FILTER (WHERE embedded_at IS NULL AND failed_at IS NOT NULL)
-        FROM chunk_embeddings WHERE index_version_id = %s
-        """,
-        (version_id,),
-    ).fetchone()
-    return Progress(*row)
+    """Embedded, pending and failed chunks of a version: from the kept counts (schema 0011), not a
+    count over its rows."""
+    counts = row_counts(conn)
+    return Progress(*(counts.get((state, version_id), 0) for state in ("embedded", "pending", "failed")))
+
+
+def row_counts(conn: psycopg.Connection) -> dict[tuple[str, int], int]:
+    """The kept counts: ("documents", 0), ("chunks", 0), and (state, version id) for each state
+    of embedding. The changes recorded since the last call are folded first when there are many."""
+    (changes,) = conn.execute("SELECT count(*) FROM (SELECT 1 FROM row_counts LIMIT %s) AS c", (FOLD_AFTER,)).fetchone()
+    if changes >= FOLD_AFTER:
+        fold_counts(conn)
+    rows = conn.execute("SELECT subject, index_version_id, sum(delta) FROM row_counts GROUP BY 1, 2").fetchall()
+    return {(subject, version_id): int(count) for subject, version_id, count in rows}
+
+
+def fold_counts(conn: psycopg.Connection) -> None:
+    """Replace the recorded changes of the counts by their sums (one caller at a time)."""
+    with conn.transaction():
+        (mine,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_FOLD_LOCK,)).fetchone()
+        if mine:
+            conn.execute("SELECT fold_row_counts()")
+
+
+def pending_batches(conn: psycopg.Connection, version_id: int, size: int | None = None) -> Iterator[list[str]]:
+    """The chunks pending for the version, `size` ids at a time in id order: each batch one range
+    of the pending index, so that a backlog of millions is never read, nor held, at once. Chunks
+    that stop pending meanwhile (embedded while the rest is sent) are simply not met again."""
+    size, after = size or PENDING_BATCH, ""
+    while True:
+        rows = conn.execute(
+            "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s"
+            " AND embedded_at IS NULL AND failed_at IS NULL AND chunk_id > %s ORDER BY chunk_id LIMIT %s",
+            (version_id, after, size),
+        ).fetchall()
+        if not rows:
+            return
+        yield [chunk_id for (chunk_id,) in rows]
+        (after,) = rows[-1]
 
 
 def pending_chunk_ids(conn: psycopg.Connection, version_id: int) -> list[str]:
+    """Every chunk pending for the version (a small version's; `pending_batches` streams)."""
+    return [chunk_id for batch in pending_batches(conn, version_id) for chunk_id in batch]
+
+
+def still_pending(conn: psycopg.Connection, version_id: int, chunk_ids: list[str]) -> set[str]:
+    """Those of `chunk_ids` pending for the version (a batch at a time: never every pending id)."""
     rows = conn.execute(
-        "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s"
-        " AND embedded_at IS NULL AND failed_at IS NULL ORDER BY chunk_id",
-        (version_id,),
-    ).fetchall()
-    return [chunk_id for (chunk_id,) in rows]
+        "SELECT chunk_id FROM chunk_embeddings WHERE index_version_id = %s AND chunk_id = ANY(%s)"
+        " AND embedded_at IS NULL AND failed_at IS NULL",
+        (version_id, chunk_ids),
+    )
+    return {chunk_id for (chunk_id,) in rows}
 
 
 def retry_failed(conn: psycopg.Connection, version_id: int) -> list[str]:
@@ -182,9 +224,12 @@ def retry_failed(conn: psycopg.Connection, version_id: int) -> list[str]:
 
 def recent_rate(conn: psycopg.Connection, window_s: float, version_id: int | None = None) -> float:
     """Chunks/s embedded over the last `window_s` seconds (over the part of it that saw work)."""
+    # Per version, so that the (version, embedded_at) index finds the window's rows.
     count, span = conn.execute(
-        "SELECT count(*), extract(epoch FROM now() - min(embedded_at)) FROM chunk_embeddings"
-        " WHERE embedded_at > now() - make_interval(secs => %s) AND (%s::int IS NULL OR index_version_id = %s)",
+        "SELECT count(*), extract(epoch FROM now() - min(ce.embedded_at)) FROM index_versions v"
+        " JOIN chunk_embeddings ce ON ce.index_version_id = v.id"
+        " AND ce.embedded_at > now() - make_interval(secs => %s)"
+        " WHERE %s::int IS NULL OR v.id = %s",
         (window_s, version_id, version_id),
     ).fetchone()
     return count / max(float(span), 1.0) if count >= 2 else 0.0
