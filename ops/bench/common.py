@@ -65,10 +65,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def milvus_server() -> Iterator[str]:
-    """A Milvus Lite server process on a free port, in a scratch directory."""
+def milvus_server(data_dir: Path | None = None) -> Iterator[str]:
+    """A Milvus Lite server process on a free port, in `data_dir` or a scratch directory."""
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as data_dir:
+    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as scratch:
+        data_dir = data_dir or scratch
         process = subprocess.Popen(
             services.milvus_lite_server(data_dir, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
