@@ -107,8 +107,12 @@ def _embed_pending(settings: FleetSettings, conn, version) -> int:
     """Send every chunk `version` lacks to the workers (in-process without a broker) and wait."""
     reindex.fill_pending(conn, version)
     dispatcher = producer_commands.dispatcher_for(settings)
-    sent = send_pending(dispatcher, conn, version)
-    dispatcher.wait(conn, [version])
+    try:
+        sent = send_pending(dispatcher, conn, version)
+        dispatcher.wait(conn, [version])
+    except BaseException:  # Ctrl-C, a service gone: stop now; what is not embedded stays pending
+        dispatcher.close(abandon=True)
+        raise
     return sent
 
 

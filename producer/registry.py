@@ -180,5 +180,9 @@ def remove_documents(conn: psycopg.Connection, paths: list[str], reason: str) ->
 
 
 def claim_root(conn: psycopg.Connection, paths: set[str], ingest_root: str) -> None:
-    """Record that these (unchanged) documents were found under `ingest_root` in this run."""
-    conn.execute("UPDATE documents SET ingest_root = %s WHERE source_path = ANY(%s)", (ingest_root, sorted(paths)))
+    """Record that these (unchanged) documents were found under `ingest_root` in this run. Only
+    those recorded under another root are written: a re-ingest of the same folder writes nothing."""
+    conn.execute(
+        "UPDATE documents SET ingest_root = %s WHERE source_path = ANY(%s) AND ingest_root IS DISTINCT FROM %s",
+        (ingest_root, sorted(paths), ingest_root),
+    )

@@ -21,7 +21,7 @@ from migrations.finetune.pairs import Pair
 from producer.evaluate import EvalCase, evaluate
 from producer.search import encoder_for
 from workers.core.constants import DENSE
-from workers.core.stores import catalog, milvus
+from workers.core.stores import catalog, milvus, progress
 from workers.core.stores.catalog import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def on_index(
 
 def _embed_corpus(conn: psycopg.Connection, client: MilvusClient, scratch: IndexVersion, device: str) -> None:
     encoder = encoder_for(scratch.model, device)
-    (total,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    total = progress.row_counts(conn).get(("chunks", 0), 0)  # kept, not counted (schema 0011)
     query = "SELECT c.id, c.document_id, d.access_level, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
     bar = tqdm(total=total, desc="embedding", unit="chunk")
     # A server-side cursor (it lives in a transaction): the corpus is read EMBED_ROWS at a time.

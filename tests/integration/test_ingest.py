@@ -43,8 +43,12 @@ def test_ingest_embeds_everything_then_reingest_enqueues_nothing(settings, tmp_p
     assert (status["embedded"], status["pending"], status["failed"]) == (status["chunks"], 0, 0)
     assert status["index"] == {"name": "chunks_v1", "model": "fake:64", "dim": 64}
 
+    with closing(postgres.connect(settings)) as conn:
+        versions = conn.execute("SELECT id, xmin::text FROM documents ORDER BY id").fetchall()
     again = commands.ingest(settings, docs, None, wait=False)
     assert (again.documents_unchanged, again.chunks_enqueued, again.documents_new) == (5, 0, 0)
+    with closing(postgres.connect(settings)) as conn:  # nothing rewritten: a million rows stay as they are
+        assert conn.execute("SELECT id, xmin::text FROM documents ORDER BY id").fetchall() == versions
     client = milvus.connect(settings)
     assert milvus.count(client, "chunks_v1") == status["embedded"]
 

@@ -303,6 +303,13 @@ def test_fleet_settings_are_shared_through_one_anchor(compose_text, services):
     assert postgres["POSTGRES_USER"] == "fleet" and postgres["POSTGRES_DB"] == "fleet"
 
 
+def test_postgres_has_buffers_and_wal_for_a_corpus_of_millions(services):
+    # README "Capacity": the defaults (128 MB of buffers, 1 GB of WAL) slow an ingest past ~1 M chunks.
+    settings = dict(arg.split("=", 1) for arg in services["postgres"]["command"] if "=" in arg)
+    assert settings["shared_buffers"].endswith(":-512MB}") and settings["max_wal_size"].endswith(":-4GB}")
+    assert settings["wal_compression"] == "on"
+
+
 def test_optional_settings_are_passed_through_not_set_empty(compose_text, services):
     # FLEET_EMBED_DIM="" is not "unset" to pydantic-settings: it fails to parse as an integer.
     assert not re.search(r"\$\{[A-Za-z0-9_]+:?-\}", compose_text), "a variable defaults to the empty string"

@@ -237,6 +237,15 @@ def test_strict_validation_refuses_an_unknown_field(objects):
 # -- GPU workers and KEDA -----------------------------------------------------------------------
 
 
+def test_postgres_buffers_are_a_quarter_of_its_memory_with_room_for_wal(objects):
+    # README "Capacity": the defaults (128 MB of buffers, 1 GB of WAL) slow an ingest past ~1 M chunks.
+    container = the_container(get(objects, "StatefulSet", "postgres"))
+    settings = dict(arg.split("=", 1) for arg in container["args"] if "=" in arg)
+    limit_mb = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
+    assert int(settings["shared_buffers"].removesuffix("MB")) == limit_mb // 4
+    assert settings["max_wal_size"] == "4GB" and settings["wal_compression"] == "on"
+
+
 def test_worker_takes_one_gpu_and_has_time_for_a_warm_shutdown(objects):
     worker = get(objects, "Deployment", "worker")
     container = the_container(worker)
