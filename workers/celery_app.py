@@ -9,6 +9,7 @@ table, not in a loop; an outage gives its attempt back and is waited out, howeve
 import logging
 import os
 import signal
+from contextlib import closing
 
 from celery import Celery, signals
 
@@ -19,6 +20,7 @@ from workers.core.contracts import EmbedTask
 from workers.core.errors import ServiceUnavailable
 from workers.core.failures import Failure, classify, explain
 from workers.core.settings import FleetSettings
+from workers.core.stores import postgres, progress
 from workers.embedding import resolve_model
 from workers.engine import EmbedEngine
 from workers.reconciler import Reconciler
@@ -53,6 +55,19 @@ def create_app(settings: FleetSettings) -> Celery:
     return app
 
 
+def _record_resent(settings: FleetSettings, task: EmbedTask) -> None:
+    """The retry goes out as a new message now: its chunks are recorded as sent now. Otherwise,
+    between this message and the worker's next heartbeat listing the retry as held, the reconciler
+    takes them for lost (sent long ago, held by nobody) and sends them again, and the two deliveries
+    spend the chunks' attempts between them. The message keeps its first send time: it tells the
+    reconciler how far the workers are through the queue, which a retry says nothing about."""
+    try:
+        with closing(postgres.open_connection(settings)) as conn:
+            progress.mark_sent(conn, task.index_version, task.chunk_ids)
+    except Exception as err:  # Postgres is what is out: a second delivery is the worst that follows
+        log.info("could not record the retry of %d chunks as sent (%s)", len(task.chunk_ids), explain(err))
+
+
 def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
     engine = EmbedEngine(settings)
     reconciler = Reconciler(settings, app)
@@ -79,6 +94,7 @@ def _register_embed_task(app: Celery, settings: FleetSettings) -> None:
         log.warning(
             "task for %d chunks failed (%s: %s); retrying in %ds", len(chunk_ids), failure, explain(error), delay
         )
+        _record_resent(settings, task)
         raise self.retry(exc=error, countdown=delay)
 
     def shut_down() -> None:
