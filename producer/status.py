@@ -23,7 +23,7 @@ def status_on(conn: psycopg.Connection, settings: FleetSettings) -> dict:
     kept = progress.row_counts(conn)  # counts kept as rows change: no scan of the corpus
     documents, chunks = kept.get(("documents", 0), 0), kept.get(("chunks", 0), 0)
     live = catalog.live_version(conn)
-    counts = progress.progress(conn, live.id) if live else progress.Progress(0, 0, 0)
+    counts = progress.progress_in(kept, live.id) if live else progress.Progress(0, 0, 0)
     backlog = sum(kept.get(("pending", version.id), 0) for version in catalog.active_versions(conn))
     rate = progress.recent_rate(conn, RATE_WINDOW_S)
     stuck = progress.stuck_workers(conn, settings.stuck_after_s, settings.worker_gone_after_s)

@@ -156,7 +156,11 @@ def failed_documents(conn: psycopg.Connection, version_id: int, limit: int = 5) 
 def progress(conn: psycopg.Connection, version_id: int) -> Progress:
     """Embedded, pending and failed chunks of a version: from the kept counts (schema 0011), not a
     count over its rows."""
-    counts = row_counts(conn)
+    return progress_in(row_counts(conn), version_id)
+
+
+def progress_in(counts: dict[tuple[str, int], int], version_id: int) -> Progress:
+    """A version's progress among kept counts already read (`row_counts`)."""
     return Progress(*(counts.get((state, version_id), 0) for state in ("embedded", "pending", "failed")))
 
 
